@@ -1,0 +1,439 @@
+/* The crossing between Redis and redis_llm.bridge: one trampoline for every
+ * command, one for each type callback, and the _redis_llm_shim module through
+ * which Python reads keys, replicates and logs. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+
+#include "shim.h"
+
+static PyObject *foreign_value; /* what key_get returns for a key of another type */
+static PyObject *load_spec;     /* keeps the command table's strings alive */
+
+/* ---- replies: a Python value becomes a RESP reply ------------------------ */
+
+static void reply(RedisModuleCtx *ctx, PyObject *value) {
+    if (value == Py_None) {
+        RedisModule_ReplyWithNull(ctx);
+    } else if (PyBytes_Check(value)) {
+        RedisModule_ReplyWithStringBuffer(ctx, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+    } else if (PyLong_Check(value)) {
+        int overflow;
+        long long n = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (!overflow) {
+            RedisModule_ReplyWithLongLong(ctx, n);
+        } else { /* ids above 2^63 do not fit an integer reply */
+            PyObject *text = PyObject_Str(value);
+            Py_ssize_t len;
+            const char *s = text ? PyUnicode_AsUTF8AndSize(text, &len) : NULL;
+            if (s) RedisModule_ReplyWithStringBuffer(ctx, s, len);
+            else RedisModule_ReplyWithError(ctx, "ERR cannot format integer reply");
+            Py_XDECREF(text);
+        }
+    } else if (PyFloat_Check(value)) {
+        RedisModule_ReplyWithDouble(ctx, PyFloat_AS_DOUBLE(value));
+    } else if (PyUnicode_Check(value)) {
+        const char *s = PyUnicode_AsUTF8(value);
+        RedisModule_ReplyWithSimpleString(ctx, s ? s : "");
+    } else if (PyList_Check(value) || PyTuple_Check(value)) {
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(value);
+        PyObject **items = PySequence_Fast_ITEMS(value);
+        RedisModule_ReplyWithArray(ctx, n);
+        for (Py_ssize_t i = 0; i < n; i++) reply(ctx, items[i]);
+    } else if (PyExceptionInstance_Check(value)) {
+        PyObject *text = PyObject_Str(value);
+        const char *s = text ? PyUnicode_AsUTF8(text) : NULL;
+        RedisModule_ReplyWithError(ctx, s ? s : "ERR unknown error");
+        Py_XDECREF(text);
+    } else {
+        RedisModule_ReplyWithError(ctx, "ERR internal error: unsupported reply type");
+    }
+    PyErr_Clear();
+}
+
+/* ---- the command trampoline -------------------------------------------- */
+
+static int run_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+    PyGILState_STATE gil = gil_lock();
+    PyObject *args[2] = {PyLong_FromVoidPtr(ctx), PyTuple_New(argc)};
+    for (int i = 0; args[1] && i < argc; i++) {
+        size_t len;
+        const char *s = RedisModule_StringPtrLen(argv[i], &len);
+        PyTuple_SET_ITEM(args[1], i, PyBytes_FromStringAndSize(s, len));
+    }
+    static PyObject *dispatch;
+    if (!dispatch) dispatch = PyObject_GetAttrString(shim_bridge, "dispatch");
+    PyObject *result = PyObject_Vectorcall(dispatch, args, 2, NULL);
+    if (result) {
+        reply(ctx, result);
+        Py_DECREF(result);
+    } else {
+        shim_log_python_error("command failed");
+        RedisModule_ReplyWithError(ctx, "ERR internal error, see the server log");
+    }
+    Py_XDECREF(args[0]);
+    Py_XDECREF(args[1]);
+    gil_unlock(gil);
+    return RM_OK;
+}
+
+/* ---- type callbacks: a value is a Python object owned by its key ----------- */
+
+static PyObject *call_value(void *value, const char *method, PyObject *arg) {
+    PyObject *name = PyUnicode_InternFromString(method);
+    PyObject *result = arg ? PyObject_CallMethodOneArg(value, name, arg)
+                           : PyObject_CallMethodNoArgs(value, name);
+    Py_XDECREF(name);
+    if (!result) shim_log_python_error(method);
+    return result;
+}
+
+static void type_rdb_save(RedisModuleIO *rdb, void *value) {
+    PyGILState_STATE gil = gil_lock();
+    PyObject *chunks = call_value(value, "dump", NULL);
+    PyObject *seq = chunks ? PySequence_Fast(chunks, "dump() must return a sequence") : NULL;
+    Py_ssize_t n = seq ? PySequence_Fast_GET_SIZE(seq) : 0;
+    RedisModule_SaveUnsigned(rdb, n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &view, PyBUF_SIMPLE) == 0) {
+            RedisModule_SaveStringBuffer(rdb, view.buf, view.len);
+            PyBuffer_Release(&view);
+        } else {
+            shim_log_python_error("dump chunk");
+            RedisModule_SaveStringBuffer(rdb, "", 0);
+        }
+    }
+    Py_XDECREF(seq);
+    Py_XDECREF(chunks);
+    gil_unlock(gil);
+}
+
+static void *type_rdb_load(RedisModuleIO *rdb, int encver) {
+    uint64_t n = RedisModule_LoadUnsigned(rdb);
+    PyGILState_STATE gil = gil_lock();
+    PyObject *chunks = PyList_New(0);
+    for (uint64_t i = 0; chunks && i < n; i++) {
+        size_t len;
+        char *buf = RedisModule_LoadStringBuffer(rdb, &len);
+        PyObject *chunk = PyBytes_FromStringAndSize(buf, len);
+        RedisModule_Free(buf);
+        if (!chunk || PyList_Append(chunks, chunk) < 0) Py_CLEAR(chunks);
+        Py_XDECREF(chunk);
+    }
+    PyObject *value = chunks ? PyObject_CallMethod(shim_bridge, "restore", "iO", encver, chunks)
+                             : NULL;
+    if (!value) shim_log_python_error("cannot load a value from RDB");
+    Py_XDECREF(chunks);
+    gil_unlock(gil);
+    return value;
+}
+
+static RedisModuleString **make_strings(PyObject *seq, Py_ssize_t *count) {
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    RedisModuleString **strings = calloc(n ? n : 1, sizeof *strings);
+    for (Py_ssize_t i = 0; strings && i < n; i++) {
+        char *buf;
+        Py_ssize_t len;
+        if (PyBytes_AsStringAndSize(PySequence_Fast_GET_ITEM(seq, i), &buf, &len) < 0) {
+            *count = i;
+            return strings;
+        }
+        strings[i] = RedisModule_CreateString(NULL, buf, len);
+    }
+    *count = n;
+    return strings;
+}
+
+static void free_strings(RedisModuleString **strings, Py_ssize_t count) {
+    for (Py_ssize_t i = 0; i < count; i++) RedisModule_FreeString(NULL, strings[i]);
+    free(strings);
+}
+
+static void type_aof_rewrite(RedisModuleIO *aof, RedisModuleString *key, void *value) {
+    PyGILState_STATE gil = gil_lock();
+    size_t len;
+    const char *name = RedisModule_StringPtrLen(key, &len);
+    PyObject *keyname = PyBytes_FromStringAndSize(name, len);
+    PyObject *commands = keyname ? call_value(value, "aof_commands", keyname) : NULL;
+    PyObject *iter = commands ? PyObject_GetIter(commands) : NULL;
+    PyObject *command;
+    while (iter && (command = PyIter_Next(iter))) {
+        PyObject *seq = PySequence_Fast(command, "an AOF command is a sequence of bytes");
+        Py_ssize_t count = 0;
+        RedisModuleString **strings = seq ? make_strings(seq, &count) : NULL;
+        if (strings && count == PySequence_Fast_GET_SIZE(seq) && count > 0) {
+            const char *cmd = PyBytes_AS_STRING(PySequence_Fast_GET_ITEM(seq, 0));
+            RedisModule_EmitAOF(aof, cmd, "v", strings + 1, (size_t)(count - 1));
+        } else {
+            shim_log_python_error("malformed AOF command");
+        }
+        if (strings) free_strings(strings, count);
+        Py_XDECREF(seq);
+        Py_DECREF(command);
+    }
+    if (PyErr_Occurred()) shim_log_python_error("aof_commands");
+    Py_XDECREF(iter);
+    Py_XDECREF(commands);
+    Py_XDECREF(keyname);
+    gil_unlock(gil);
+}
+
+static size_t type_mem_usage(const void *value) {
+    PyGILState_STATE gil = gil_lock();
+    PyObject *size = call_value((void *)value, "memory_usage", NULL);
+    size_t n = size ? PyLong_AsSize_t(size) : 0;
+    if (PyErr_Occurred()) shim_log_python_error("memory_usage");
+    Py_XDECREF(size);
+    gil_unlock(gil);
+    return n;
+}
+
+static void type_digest(RedisModuleDigest *md, void *value) {
+    PyGILState_STATE gil = gil_lock();
+    PyObject *chunks = call_value(value, "digest", NULL);
+    PyObject *seq = chunks ? PySequence_Fast(chunks, "digest() must return a sequence") : NULL;
+    for (Py_ssize_t i = 0; seq && i < PySequence_Fast_GET_SIZE(seq); i++) {
+        char *buf;
+        Py_ssize_t len;
+        if (PyBytes_AsStringAndSize(PySequence_Fast_GET_ITEM(seq, i), &buf, &len) == 0)
+            RedisModule_DigestAddStringBuffer(md, buf, len);
+    }
+    RedisModule_DigestEndSequence(md);
+    if (PyErr_Occurred()) shim_log_python_error("digest");
+    Py_XDECREF(seq);
+    Py_XDECREF(chunks);
+    gil_unlock(gil);
+}
+
+/* May run on Redis' lazy-free thread. */
+static void type_free(void *value) {
+    PyGILState_STATE gil = gil_lock();
+    Py_DECREF((PyObject *)value);
+    gil_unlock(gil);
+}
+
+/* ---- the _redis_llm_shim module ---------------------------------------- */
+
+static RedisModuleCtx *ctx_arg(PyObject *o) { return PyLong_AsVoidPtr(o); }
+
+static RedisModuleString *string_arg(PyObject *o) {
+    char *buf;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(o, &buf, &len) < 0) return NULL;
+    return RedisModule_CreateString(NULL, buf, len);
+}
+
+/* key_get(ctx, key) -> the module value, None when the key is missing, or
+ * FOREIGN when it holds a value of another type. */
+static PyObject *py_key_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) return PyErr_Format(PyExc_TypeError, "key_get(ctx, key)");
+    RedisModuleCtx *ctx = ctx_arg(args[0]);
+    RedisModuleString *name = string_arg(args[1]);
+    if (!name) return NULL;
+    RedisModuleKey *key = RedisModule_OpenKey(ctx, name, RM_READ);
+    PyObject *result = foreign_value;
+    int type = RedisModule_KeyType(key);
+    if (type == RM_KEYTYPE_EMPTY) {
+        result = Py_None;
+    } else if (type == RM_KEYTYPE_MODULE) {
+        RedisModuleType *mt = RedisModule_ModuleTypeGetType(key);
+        for (int i = 0; i < shim_ntypes; i++)
+            if (mt == shim_types[i]) result = RedisModule_ModuleTypeGetValue(key);
+    }
+    RedisModule_CloseKey(key);
+    RedisModule_FreeString(NULL, name);
+    Py_INCREF(result);
+    return result;
+}
+
+/* key_set(ctx, key, type_index, value): the key now holds value. */
+static PyObject *py_key_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) return PyErr_Format(PyExc_TypeError, "key_set(ctx, key, type, value)");
+    RedisModuleCtx *ctx = ctx_arg(args[0]);
+    long type = PyLong_AsLong(args[2]);
+    if (type < 0 || type >= shim_ntypes) return PyErr_Format(PyExc_ValueError, "bad type index");
+    RedisModuleString *name = string_arg(args[1]);
+    if (!name) return NULL;
+    RedisModuleKey *key = RedisModule_OpenKey(ctx, name, RM_READ | RM_WRITE);
+    Py_INCREF(args[3]);
+    if (RedisModule_ModuleTypeSetValue(key, shim_types[type], args[3]) != RM_OK) Py_DECREF(args[3]);
+    RedisModule_CloseKey(key);
+    RedisModule_FreeString(NULL, name);
+    Py_RETURN_NONE;
+}
+
+/* notify(ctx, event, key): WATCH, client tracking and keyspace events learn
+ * that key changed. */
+static PyObject *py_notify(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) return PyErr_Format(PyExc_TypeError, "notify(ctx, event, key)");
+    RedisModuleCtx *ctx = ctx_arg(args[0]);
+    const char *event = PyBytes_AsString(args[1]);
+    RedisModuleString *name = event ? string_arg(args[2]) : NULL;
+    if (!name) return NULL;
+    RedisModule_SignalModifiedKey(ctx, name);
+    RedisModule_NotifyKeyspaceEvent(ctx, RM_NOTIFY_MODULE, event, name);
+    RedisModule_FreeString(NULL, name);
+    Py_RETURN_NONE;
+}
+
+/* replicate(ctx, command, args): propagate a command to replicas and AOF. */
+static PyObject *py_replicate(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) return PyErr_Format(PyExc_TypeError, "replicate(ctx, command, args)");
+    const char *cmd = PyBytes_AsString(args[1]);
+    PyObject *seq = cmd ? PySequence_Fast(args[2], "args must be a sequence") : NULL;
+    if (!seq) return NULL;
+    Py_ssize_t count;
+    RedisModuleString **strings = make_strings(seq, &count);
+    int ok = strings && count == PySequence_Fast_GET_SIZE(seq) &&
+             RedisModule_Replicate(ctx_arg(args[0]), cmd, "v", strings, (size_t)count) == RM_OK;
+    if (strings) free_strings(strings, count);
+    Py_DECREF(seq);
+    if (!ok && !PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "replicate failed");
+    return ok ? Py_NewRef(Py_None) : NULL;
+}
+
+static PyObject *py_replicate_verbatim(PyObject *self, PyObject *ctx) {
+    RedisModule_ReplicateVerbatim(ctx_arg(ctx));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_context_flags(PyObject *self, PyObject *ctx) {
+    return PyLong_FromLong(RedisModule_GetContextFlags(ctx_arg(ctx)));
+}
+
+/* log(level, message) to the Redis log; callable from any thread. */
+static PyObject *py_log(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) return PyErr_Format(PyExc_TypeError, "log(level, message)");
+    const char *level = PyUnicode_AsUTF8(args[0]);
+    const char *message = level ? PyUnicode_AsUTF8(args[1]) : NULL;
+    if (!message) return NULL;
+    RedisModule_Log(shim_log_ctx, level, "%s", message);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef shim_methods[] = {
+    {"key_get", (PyCFunction)(void (*)(void))py_key_get, METH_FASTCALL, NULL},
+    {"key_set", (PyCFunction)(void (*)(void))py_key_set, METH_FASTCALL, NULL},
+    {"notify", (PyCFunction)(void (*)(void))py_notify, METH_FASTCALL, NULL},
+    {"replicate", (PyCFunction)(void (*)(void))py_replicate, METH_FASTCALL, NULL},
+    {"replicate_verbatim", py_replicate_verbatim, METH_O, NULL},
+    {"context_flags", py_context_flags, METH_O, NULL},
+    {"log", (PyCFunction)(void (*)(void))py_log, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef shim_module = {PyModuleDef_HEAD_INIT, "_redis_llm_shim", NULL, -1,
+                                         shim_methods};
+
+PyObject *shim_init_python_module(void) {
+    PyObject *module = PyModule_Create(&shim_module);
+    foreign_value = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    if (module && foreign_value) PyModule_AddObjectRef(module, "FOREIGN", foreign_value);
+    return module;
+}
+
+/* ---- registration: the types and the command table come from Python ----- */
+
+static int register_types(RedisModuleCtx *ctx, PyObject *types) {
+    static RMTypeMethods methods = {
+        .version = RM_TYPE_METHOD_VERSION,
+        .rdb_load = type_rdb_load,
+        .rdb_save = type_rdb_save,
+        .aof_rewrite = type_aof_rewrite,
+        .mem_usage = type_mem_usage,
+        .digest = type_digest,
+        .free = type_free,
+    };
+    for (Py_ssize_t i = 0; i < PyList_Size(types) && i < SHIM_MAX_TYPES; i++) {
+        const char *name;
+        int encver;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(types, i), "si", &name, &encver)) return RM_ERR;
+        shim_types[i] = RedisModule_CreateDataType(ctx, name, encver, &methods);
+        if (!shim_types[i]) {
+            RedisModule_Log(ctx, "warning", "cannot create data type %s", name);
+            return RM_ERR;
+        }
+        shim_ntypes = i + 1;
+    }
+    return RM_OK;
+}
+
+static RMCommandKeySpec *key_specs_of(PyObject *specs) {
+    Py_ssize_t n = PyTuple_Size(specs);
+    RMCommandKeySpec *out = calloc(n + 1, sizeof *out); /* zeroed terminator */
+    for (Py_ssize_t i = 0; out && i < n; i++) {
+        unsigned long long flags;
+        int index, startfrom, lastkey, keystep, limit;
+        PyObject *keyword;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(specs, i), "KiOiiii", &flags, &index, &keyword,
+                              &startfrom, &lastkey, &keystep, &limit)) {
+            free(out);
+            return NULL;
+        }
+        out[i].flags = flags;
+        if (keyword == Py_None) {
+            out[i].begin_search_type = RM_KSPEC_BS_INDEX;
+            out[i].bs.index.pos = index;
+        } else {
+            out[i].begin_search_type = RM_KSPEC_BS_KEYWORD;
+            out[i].bs.keyword.keyword = PyUnicode_AsUTF8(keyword);
+            out[i].bs.keyword.startfrom = startfrom;
+        }
+        out[i].find_keys_type = RM_KSPEC_FK_RANGE;
+        out[i].fk.range.lastkey = lastkey;
+        out[i].fk.range.keystep = keystep;
+        out[i].fk.range.limit = limit;
+    }
+    return out;
+}
+
+static int register_commands(RedisModuleCtx *ctx, PyObject *commands) {
+    static const RMCommandInfoVersion version = {1, sizeof(RMCommandHistoryEntry),
+                                                 sizeof(RMCommandKeySpec), sizeof(RMCommandArg)};
+    for (Py_ssize_t i = 0; i < PyList_Size(commands); i++) {
+        const char *name, *flags, *summary, *since, *complexity;
+        int arity;
+        PyObject *specs;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(commands, i), "ssisssO!", &name, &flags, &arity,
+                              &summary, &since, &complexity, &PyTuple_Type, &specs))
+            return RM_ERR;
+        RMCommandKeySpec *key_specs = key_specs_of(specs); /* owned by Redis from now on */
+        if (!key_specs) return RM_ERR;
+        if (RedisModule_CreateCommand(ctx, name, run_command, flags, 0, 0, 0) != RM_OK) {
+            RedisModule_Log(ctx, "warning", "cannot register command %s", name);
+            return RM_ERR;
+        }
+        RMCommandInfo info = {.version = &version,
+                              .summary = summary,
+                              .complexity = complexity,
+                              .since = since,
+                              .arity = arity,
+                              .key_specs = key_specs};
+        if (RedisModule_SetCommandInfo(RedisModule_GetCommand(ctx, name), &info) != RM_OK) {
+            RedisModule_Log(ctx, "warning", "invalid command info for %s", name);
+            return RM_ERR;
+        }
+    }
+    return RM_OK;
+}
+
+int shim_register(RedisModuleCtx *ctx, const char *module_path, RedisModuleString **argv,
+                  int argc) {
+    PyObject *args = PyList_New(argc);
+    for (int i = 0; args && i < argc; i++) {
+        size_t len;
+        const char *s = RedisModule_StringPtrLen(argv[i], &len);
+        PyList_SET_ITEM(args, i, PyBytes_FromStringAndSize(s, len));
+    }
+    load_spec = args ? PyObject_CallMethod(shim_bridge, "load", "sO", module_path, args) : NULL;
+    Py_XDECREF(args);
+    if (!load_spec) return RM_ERR;
+    PyObject *types = PyObject_GetAttrString(load_spec, "types");
+    PyObject *commands = PyObject_GetAttrString(load_spec, "commands");
+    int ok = types && commands && PyList_Check(types) && PyList_Check(commands) &&
+             register_types(ctx, types) == RM_OK && register_commands(ctx, commands) == RM_OK;
+    Py_XDECREF(types);
+    Py_XDECREF(commands);
+    return ok ? RM_OK : RM_ERR;
+}

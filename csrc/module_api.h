@@ -1,0 +1,143 @@
+/* The subset of the Redis module API (7.0) that the shim uses, declared from
+ * the public API reference. Redis hands a module its API as named function
+ * pointers, fetched through the getter stored at the start of the load
+ * context; MODULE_API lists every one the shim fetches. */
+#ifndef REDIS_LLM_MODULE_API_H
+#define REDIS_LLM_MODULE_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define RM_OK 0
+#define RM_ERR 1
+#define RM_APIVER_1 1
+#define RM_READ (1 << 0)
+#define RM_WRITE (1 << 1)
+#define RM_KEYTYPE_EMPTY 0
+#define RM_KEYTYPE_MODULE 6
+#define RM_TYPE_METHOD_VERSION 1
+#define RM_NOTIFY_MODULE (1 << 13)
+
+typedef struct RedisModuleCtx RedisModuleCtx;
+typedef struct RedisModuleKey RedisModuleKey;
+typedef struct RedisModuleString RedisModuleString;
+typedef struct RedisModuleIO RedisModuleIO;
+typedef struct RedisModuleType RedisModuleType;
+typedef struct RedisModuleDigest RedisModuleDigest;
+typedef struct RedisModuleCommand RedisModuleCommand;
+
+typedef int (*RedisModuleCmdFunc)(RedisModuleCtx *, RedisModuleString **, int);
+
+typedef struct {
+    uint64_t version;
+    void *(*rdb_load)(RedisModuleIO *, int encver);
+    void (*rdb_save)(RedisModuleIO *, void *value);
+    void (*aof_rewrite)(RedisModuleIO *, RedisModuleString *key, void *value);
+    size_t (*mem_usage)(const void *value);
+    void (*digest)(RedisModuleDigest *, void *value);
+    void (*free)(void *value);
+} RMTypeMethods;
+
+typedef struct {
+    int version;
+    size_t sizeof_historyentry;
+    size_t sizeof_keyspec;
+    size_t sizeof_arg;
+} RMCommandInfoVersion;
+
+typedef struct {
+    const char *since;
+    const char *changes;
+} RMCommandHistoryEntry;
+
+enum { RM_KSPEC_BS_INDEX = 2, RM_KSPEC_BS_KEYWORD = 3 };
+enum { RM_KSPEC_FK_RANGE = 2 };
+
+typedef struct {
+    const char *notes;
+    uint64_t flags;
+    int begin_search_type;
+    union {
+        struct { int pos; } index;
+        struct { const char *keyword; int startfrom; } keyword;
+    } bs;
+    int find_keys_type;
+    union {
+        struct { int lastkey; int keystep; int limit; } range;
+        struct { int keynumidx; int firstkey; int keystep; } keynum;
+    } fk;
+} RMCommandKeySpec;
+
+typedef struct RMCommandArg {
+    const char *name;
+    int type;
+    int key_spec_index;
+    const char *token;
+    const char *summary;
+    const char *since;
+    int flags;
+    const char *deprecated_since;
+    struct RMCommandArg *subargs;
+    const char *display_text;
+} RMCommandArg;
+
+typedef struct {
+    const RMCommandInfoVersion *version;
+    const char *summary;
+    const char *complexity;
+    const char *since;
+    RMCommandHistoryEntry *history;
+    const char *tips;
+    int arity;
+    RMCommandKeySpec *key_specs;
+    RMCommandArg *args;
+} RMCommandInfo;
+
+#define MODULE_API(X)                                                                              \
+    X(void, Log, (RedisModuleCtx *, const char *level, const char *fmt, ...))                      \
+    X(void, SetModuleAttribs, (RedisModuleCtx *, const char *name, int ver, int apiver))           \
+    X(int, IsModuleNameBusy, (const char *name))                                                   \
+    X(RedisModuleCtx *, GetDetachedThreadSafeContext, (RedisModuleCtx *))                          \
+    X(int, CreateCommand,                                                                          \
+      (RedisModuleCtx *, const char *name, RedisModuleCmdFunc, const char *flags, int first,       \
+       int last, int step))                                                                        \
+    X(RedisModuleCommand *, GetCommand, (RedisModuleCtx *, const char *name))                      \
+    X(int, SetCommandInfo, (RedisModuleCommand *, const RMCommandInfo *))                          \
+    X(RedisModuleType *, CreateDataType,                                                           \
+      (RedisModuleCtx *, const char *name, int encver, RMTypeMethods *))                           \
+    X(int, ModuleTypeSetValue, (RedisModuleKey *, RedisModuleType *, void *value))                 \
+    X(RedisModuleType *, ModuleTypeGetType, (RedisModuleKey *))                                    \
+    X(void *, ModuleTypeGetValue, (RedisModuleKey *))                                              \
+    X(void *, OpenKey, (RedisModuleCtx *, RedisModuleString *name, int mode))                      \
+    X(void, CloseKey, (RedisModuleKey *))                                                          \
+    X(int, KeyType, (RedisModuleKey *))                                                            \
+    X(RedisModuleString *, CreateString, (RedisModuleCtx *, const char *ptr, size_t len))          \
+    X(void, FreeString, (RedisModuleCtx *, RedisModuleString *))                                   \
+    X(const char *, StringPtrLen, (const RedisModuleString *, size_t *len))                        \
+    X(int, ReplyWithLongLong, (RedisModuleCtx *, long long))                                       \
+    X(int, ReplyWithDouble, (RedisModuleCtx *, double))                                            \
+    X(int, ReplyWithStringBuffer, (RedisModuleCtx *, const char *buf, size_t len))                 \
+    X(int, ReplyWithSimpleString, (RedisModuleCtx *, const char *msg))                             \
+    X(int, ReplyWithError, (RedisModuleCtx *, const char *err))                                    \
+    X(int, ReplyWithNull, (RedisModuleCtx *))                                                      \
+    X(int, ReplyWithArray, (RedisModuleCtx *, long len))                                           \
+    X(int, Replicate, (RedisModuleCtx *, const char *cmd, const char *fmt, ...))                   \
+    X(int, ReplicateVerbatim, (RedisModuleCtx *))                                                  \
+    X(int, GetContextFlags, (RedisModuleCtx *))                                                    \
+    X(int, SignalModifiedKey, (RedisModuleCtx *, RedisModuleString *key))                          \
+    X(int, NotifyKeyspaceEvent,                                                                    \
+      (RedisModuleCtx *, int type, const char *event, RedisModuleString *key))                     \
+    X(void, SaveUnsigned, (RedisModuleIO *, uint64_t))                                             \
+    X(uint64_t, LoadUnsigned, (RedisModuleIO *))                                                   \
+    X(void, SaveStringBuffer, (RedisModuleIO *, const char *buf, size_t len))                      \
+    X(char *, LoadStringBuffer, (RedisModuleIO *, size_t *len))                                    \
+    X(void, EmitAOF, (RedisModuleIO *, const char *cmd, const char *fmt, ...))                     \
+    X(void, DigestAddStringBuffer, (RedisModuleDigest *, const char *buf, size_t len))             \
+    X(void, DigestEndSequence, (RedisModuleDigest *))                                              \
+    X(void, Free, (void *))
+
+#define RM_DECLARE(ret, name, args) extern ret(*RedisModule_##name) args;
+MODULE_API(RM_DECLARE)
+#undef RM_DECLARE
+
+#endif

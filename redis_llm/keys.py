@@ -1,0 +1,49 @@
+"""Keys, replication and the Redis log, for code running inside redis-server.
+
+Thin wrappers over ``_redis_llm_shim``, the built-in module of the C shim.
+``ctx`` is the Redis module context of the command being run.
+"""
+
+import _redis_llm_shim as shim
+
+from redis_llm.errors import WrongTypeError
+
+# Filled by bridge.load: the Python class of each module data type -> its
+# index in the shim's type table.
+TYPE_INDEX: dict[type, int] = {}
+
+
+def read(ctx: int, key: bytes, cls: type):
+    """The value of type ``cls`` at ``key``, None when the key is missing.
+
+    Raises WrongTypeError for a key holding anything else.
+    """
+    value = shim.key_get(ctx, key)
+    if value is None or type(value) is cls:
+        return value
+    raise WrongTypeError()
+
+
+def write(ctx: int, key: bytes, value) -> None:
+    """Store ``value`` (an instance of a module data type) at ``key``."""
+    shim.key_set(ctx, key, TYPE_INDEX[type(value)], value)
+
+
+def notify(ctx: int, event: bytes, key: bytes) -> None:
+    """Tell WATCH, client tracking and keyspace notifications that ``key`` changed."""
+    shim.notify(ctx, event, key)
+
+
+def replicate(ctx: int, command: bytes, args: list[bytes]) -> None:
+    """Propagate ``command args...`` to replicas and the AOF."""
+    shim.replicate(ctx, command, args)
+
+
+def replicate_verbatim(ctx: int) -> None:
+    """Propagate the command being run exactly as the client sent it."""
+    shim.replicate_verbatim(ctx)
+
+
+def log(level: str, message: str) -> None:
+    """Write to the Redis log; level is debug, verbose, notice or warning."""
+    shim.log(level, message)

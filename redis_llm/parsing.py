@@ -1,0 +1,204 @@
+"""Declarative, case-insensitive parsing of command arguments.
+
+Each command declares its syntax once: positional arguments, ``--OPTION``
+flags and valued options, and an optional trailing argument (the data or the
+query). Option names are case-insensitive, each may be given once, and an
+unknown, repeated or incomplete option is an ``ERR`` reply.
+"""
+
+import json
+import re
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from redis_llm.errors import LLMError
+
+Converter = Callable[[bytes], Any]
+
+_INTEGER = re.compile(rb"-?[0-9]+\Z")
+_MAX_JSON_DEPTH = 64
+
+
+def shown(arg: bytes, limit: int = 40) -> str:
+    """A client-supplied value, quoted and shortened for an error message."""
+    text = arg[:limit].decode("utf-8", "replace")
+    return repr(text + ("..." if len(arg) > limit else ""))
+
+
+class Option:
+    """``--NAME`` on its own (a flag, when ``convert`` is None) or followed by a value."""
+
+    def __init__(self, name: str, convert: Converter | None = None, default: Any = None):
+        self.name = name.upper()
+        self.attr = name.lstrip("-").lower().replace("-", "_")
+        self.convert = convert
+        self.default = False if convert is None else default
+
+
+class Syntax:
+    """The arguments a command takes after its name.
+
+    ``positional``: (name, converter) pairs that come first, in order.
+    ``trailing``: None, ``"optional"`` (a last argument that is not an option,
+    e.g. a query) or ``"required"`` (the last argument, always, e.g. data: so
+    data may look like an option).
+    ``exclusive``: groups of options that cannot be combined.
+    """
+
+    def __init__(self, positional: Sequence[tuple[str, Converter | None]] = (),
+                 options: Sequence[Option] = (), trailing: str | None = None,
+                 trailing_name: str = "data", exclusive: Sequence[tuple[str, ...]] = ()):
+        self.positional = tuple(positional)
+        self.options = {option.name.encode(): option for option in options}
+        self.defaults = {option.attr: option.default for option in options}
+        self.trailing = trailing
+        self.trailing_name = trailing_name
+        self.exclusive = tuple(tuple(name.upper() for name in group) for group in exclusive)
+
+    def parse(self, args: Sequence[bytes]) -> SimpleNamespace:
+        """Parse ``args`` (the arguments after the command name)."""
+        values = dict(self.defaults)
+        npos = len(self.positional)
+        for (name, convert), arg in zip(self.positional, args):
+            values[name] = convert_value(name, convert, arg) if convert else arg
+        end = len(args)
+        trailing = None
+        if self.trailing == "required":
+            if end <= npos:
+                raise LLMError(f"missing {self.trailing_name}")
+            end -= 1
+            trailing = args[end]
+        seen = []
+        i = npos
+        while i < end:
+            word = args[i]
+            option = self.options.get(word.upper())
+            if option is None:
+                if self.trailing == "optional" and i == end - 1 and not word.startswith(b"--"):
+                    trailing = word
+                    break
+                if word.startswith(b"--"):
+                    raise LLMError(f"unknown option {shown(word)}")
+                raise LLMError(f"syntax error at {shown(word)}")
+            if option.name in seen:
+                raise LLMError(f"option {option.name} given more than once")
+            seen.append(option.name)
+            if option.convert is None:
+                values[option.attr] = True
+                i += 1
+            else:
+                if i + 1 >= end:
+                    raise LLMError(f"option {option.name} needs a value")
+                values[option.attr] = convert_value(option.name, option.convert, args[i + 1])
+                i += 2
+        for group in self.exclusive:
+            given = [name for name in group if name in seen]
+            if len(given) > 1:
+                raise LLMError(f"options {' and '.join(given)} cannot be combined")
+        if self.trailing:
+            values[self.trailing_name] = trailing
+        return SimpleNamespace(**values)
+
+
+def convert_value(name: str, convert: Converter, arg: bytes) -> Any:
+    try:
+        return convert(arg)
+    except LLMError:
+        raise
+    except ValueError as exc:
+        raise LLMError(f"{name} {exc}") from None
+
+
+# ---- converters: each raises ValueError("must be ...") ---------------------
+
+def integer(low: int, high: int) -> Converter:
+    """An integer from ``low`` to ``high``, written in decimal."""
+    def convert(arg: bytes) -> int:
+        if not _INTEGER.match(arg) or not low <= (value := int(arg)) <= high:
+            raise ValueError(f"must be an integer from {low} to {high}, got {shown(arg)}")
+        return value
+    return convert
+
+
+uint64 = integer(0, 2**64 - 1)
+
+
+def json_value(arg: bytes) -> Any:
+    """Any JSON document, nested at most 64 levels deep."""
+    try:
+        value = json.loads(arg)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"must be valid JSON ({exc})") from None
+    if _depth(value) > _MAX_JSON_DEPTH:
+        raise ValueError(f"nests deeper than {_MAX_JSON_DEPTH} levels")
+    return value
+
+
+def json_object(arg: bytes) -> dict:
+    """A JSON object."""
+    value = json_value(arg)
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    return value
+
+
+def _depth(value: Any) -> int:
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        if depth > _MAX_JSON_DEPTH:
+            return depth
+        nested = []
+        for item in level:
+            if isinstance(item, dict):
+                nested.extend(item.values())
+            elif isinstance(item, list):
+                nested.extend(item)
+        level = nested
+    return depth - 1
+
+
+def embedding_text(arg: bytes) -> np.ndarray:
+    """Comma-separated numbers, e.g. ``1,2,3``."""
+    try:
+        vector = np.array([float(x) for x in arg.split(b",")], dtype=np.float32)
+    except ValueError:
+        raise ValueError(f"must be comma-separated numbers, got {shown(arg)}") from None
+    return checked_vector(vector)
+
+
+def embedding_blob(arg: bytes) -> np.ndarray:
+    """Little-endian float32 values, as numpy's ``astype('<f4').tobytes()`` writes them."""
+    if not arg or len(arg) % 4:
+        raise ValueError(f"must be a non-empty multiple of 4 bytes, got {len(arg)} bytes")
+    return checked_vector(np.frombuffer(arg, dtype="<f4"))
+
+
+def checked_vector(vector: np.ndarray) -> np.ndarray:
+    if vector.size == 0:
+        raise ValueError("must not be empty")
+    if not np.isfinite(vector).all():
+        raise ValueError("must hold finite float32 numbers (no NaN or infinity)")
+    return vector
+
+
+def choice(*names: str) -> Converter:
+    """One of ``names``, case-insensitive; returns it in lower case."""
+    def convert(arg: bytes) -> str:
+        word = arg.decode("utf-8", "replace").lower()
+        if word not in names:
+            raise ValueError(f"must be one of {', '.join(names)}, got {shown(arg)}")
+        return word
+    return convert
+
+
+def format_vector(vector: np.ndarray) -> bytes:
+    """A float32 vector as comma-separated shortest round-trip decimals."""
+    return ",".join(map(str, vector.astype(np.float32, copy=False))).encode()
+
+
+def format_distance(distance: float) -> bytes:
+    # Seven significant digits: what a float32 distance carries.
+    return b"%.7g" % distance
