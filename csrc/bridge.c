@@ -63,7 +63,9 @@ static int run_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) 
     }
     static PyObject *dispatch;
     if (!dispatch) dispatch = PyObject_GetAttrString(shim_bridge, "dispatch");
-    PyObject *result = PyObject_Vectorcall(dispatch, args, 2, NULL);
+    PyObject *result = dispatch && args[0] && args[1] && !PyErr_Occurred()
+                           ? PyObject_Vectorcall(dispatch, args, 2, NULL)
+                           : NULL;
     if (result) {
         reply(ctx, result);
         Py_DECREF(result);

@@ -10,12 +10,11 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Callable
 
 from redis_llm import keys
 from redis_llm.errors import LLMError
-from redis_llm.parsing import (Option, Syntax, choice, embedding_blob, embedding_text,
+from redis_llm.parsing import (Args, Option, Syntax, choice, embedding_blob, embedding_text,
                                format_distance, format_vector, integer, json_object, json_value,
                                shown, uint64)
 from redis_llm.store import StoreParams, VectorStore
@@ -41,7 +40,7 @@ class KeySpec:
 @dataclass(frozen=True)
 class Command:
     name: str
-    handler: Callable[[int, SimpleNamespace], object]
+    handler: Callable[[int, Args], object]
     flags: str
     arity: int
     key_specs: tuple[KeySpec, ...]
@@ -59,7 +58,7 @@ class Command:
 
 # ---- vector stores ----------------------------------------------------------
 
-def create_vector_store(ctx: int, args: SimpleNamespace):
+def create_vector_store(ctx: int, args: Args):
     params = StoreParams.from_json(args.params if args.params is not None else {})
     existing = keys.read(ctx, args.key, VectorStore)
     if (args.nx and existing is not None) or (args.xx and existing is None):
@@ -70,7 +69,7 @@ def create_vector_store(ctx: int, args: SimpleNamespace):
     return 1
 
 
-def add(ctx: int, args: SimpleNamespace):
+def add(ctx: int, args: Args):
     store = keys.read(ctx, args.key, VectorStore)
     if store is None:
         raise LLMError(f"no vector store at key {shown(args.key)}")
@@ -87,7 +86,7 @@ def add(ctx: int, args: SimpleNamespace):
     return item_id
 
 
-def get(ctx: int, args: SimpleNamespace):
+def get(ctx: int, args: Args):
     store = keys.read(ctx, args.key, VectorStore)
     item = store.get(args.id) if store is not None else None
     if item is None:
@@ -99,7 +98,7 @@ def get(ctx: int, args: SimpleNamespace):
     return reply
 
 
-def rem(ctx: int, args: SimpleNamespace):
+def rem(ctx: int, args: Args):
     store = keys.read(ctx, args.key, VectorStore)
     if store is None or not store.remove(args.id):
         return 0
@@ -108,12 +107,12 @@ def rem(ctx: int, args: SimpleNamespace):
     return 1
 
 
-def size(ctx: int, args: SimpleNamespace):
+def size(ctx: int, args: Args):
     store = keys.read(ctx, args.key, VectorStore)
     return len(store) if store is not None else 0
 
 
-def knn(ctx: int, args: SimpleNamespace):
+def knn(ctx: int, args: Args):
     store = keys.read(ctx, args.key, VectorStore)
     if store is None or not len(store):
         return []
@@ -129,7 +128,7 @@ def knn(ctx: int, args: SimpleNamespace):
     return reply
 
 
-def _query_vector(store: VectorStore, args: SimpleNamespace, what: str):
+def _query_vector(store: VectorStore, args: Args, what: str):
     vector = args.embedding if args.embedding is not None else args.embedding_blob
     if vector is not None:
         return vector
@@ -147,7 +146,7 @@ def _dump_json(value) -> bytes:
 
 # ---- debugging (tests only) -------------------------------------------------
 
-def debug(ctx: int, args: SimpleNamespace):
+def debug(ctx: int, args: Args):
     """LLM.DEBUG SPIN threads seconds: keep Python threads busy in the interpreter."""
     if args.subcommand.upper() != b"SPIN":
         raise LLMError(f"unknown LLM.DEBUG subcommand {shown(args.subcommand)}")

@@ -8,7 +8,6 @@ unknown, repeated or incomplete option is an ``ERR`` reply.
 
 import json
 import re
-from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -51,18 +50,25 @@ class Syntax:
                  options: Sequence[Option] = (), trailing: str | None = None,
                  trailing_name: str = "data", exclusive: Sequence[tuple[str, ...]] = ()):
         self.positional = tuple(positional)
+        self.npos = len(self.positional)
         self.options = {option.name.encode(): option for option in options}
         self.defaults = {option.attr: option.default for option in options}
         self.trailing = trailing
         self.trailing_name = trailing_name
         self.exclusive = tuple(tuple(name.upper() for name in group) for group in exclusive)
 
-    def parse(self, args: Sequence[bytes]) -> SimpleNamespace:
+    def parse(self, args: Sequence[bytes]) -> "Args":
         """Parse ``args`` (the arguments after the command name)."""
-        values = dict(self.defaults)
-        npos = len(self.positional)
+        values = self.defaults.copy()
         for (name, convert), arg in zip(self.positional, args):
             values[name] = convert_value(name, convert, arg) if convert else arg
+        if len(args) > self.npos or self.trailing:
+            self._parse_options(args, self.npos, values)
+        parsed = object.__new__(Args)  # no __init__ frame: this runs for every command
+        parsed.__dict__ = values
+        return parsed
+
+    def _parse_options(self, args: Sequence[bytes], npos: int, values: dict) -> None:
         end = len(args)
         trailing = None
         if self.trailing == "required":
@@ -99,7 +105,16 @@ class Syntax:
                 raise LLMError(f"options {' and '.join(given)} cannot be combined")
         if self.trailing:
             values[self.trailing_name] = trailing
-        return SimpleNamespace(**values)
+
+
+class Args:
+    """Parsed arguments, read as attributes: ``args.key``, ``args.k``."""
+
+    def __init__(self, values: dict):
+        self.__dict__ = values
+
+    def __repr__(self) -> str:
+        return f"Args({self.__dict__!r})"
 
 
 def convert_value(name: str, convert: Converter, arg: bytes) -> Any:

@@ -1,0 +1,17 @@
+# redis-server 7.0 (Debian bookworm) with the redis-llm module loaded.
+#   docker build -t redis-llm . && docker run -p 6379:6379 -v redis-llm-data:/data redis-llm
+FROM debian:bookworm-slim
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+        redis-server python3 python3-venv python3-dev build-essential cmake ninja-build \
+ && rm -rf /var/lib/apt/lists/*
+
+COPY . /src/redis-llm
+RUN python3 -m venv /opt/redis-llm \
+ && /opt/redis-llm/bin/pip install --no-cache-dir /src/redis-llm \
+ && rm -rf /src/redis-llm
+
+VOLUME /data
+EXPOSE 6379
+CMD ["sh", "-c", "exec redis-server --bind 0.0.0.0 --protected-mode no --dir /data --appendonly yes --loadmodule \"$(/opt/redis-llm/bin/redis-llm module-path)\""]

@@ -1,0 +1,250 @@
+"""Vector store benchmark: redis-llm inside redis-server vs the references.
+
+One run, same data, side by side:
+- LLM.KNN through redis-py (1 client; 8 client processes) vs raw hnswlib
+  knn_query in-process with the same M, ef_construction and ef; recall@10 of
+  both against exact search;
+- LLM.ADD throughput vs raw add_items (one item per call, and batched);
+- DEBUG RELOAD time vs raw save_index + load_index;
+- MEMORY USAGE (and the server's RSS growth) vs the raw index;
+- LLM.SIZE vs SCARD (a native O(1) read of the same shape) with
+  redis-benchmark, 50 clients, pipeline 16.
+
+Usage: .venv/bin/python bench/bench_vector_store.py [--quick] [--markdown FILE]
+Prints a table of figures and ratios; --markdown appends it to FILE.
+"""
+
+import argparse
+import multiprocessing
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+import redis
+
+from redis_llm.testing import RedisServer
+
+M, EF_CONSTRUCTION, K = 16, 200, 10
+
+
+def clustered(n: int, queries: int, dim: int, clusters: int, seed: int):
+    """``n`` points and ``queries`` further points drawn around the same centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (clusters, dim)).astype(np.float32)
+
+    def draw(count: int) -> np.ndarray:
+        labels = rng.integers(0, clusters, count)
+        return (centres[labels] + rng.normal(0, 0.35, (count, dim))).astype(np.float32)
+
+    return draw(n), draw(queries)
+
+
+def exact_knn(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    norms = (data * data).sum(1)
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), 100):
+        q = queries[start:start + 100]
+        d = norms[None, :] - 2 * q @ data.T
+        part = np.argpartition(d, k, axis=1)[:, :k]
+        order = np.take_along_axis(d, part, 1).argsort(1)
+        out[start:start + 100] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def recall(found: list[list[int]], truth: np.ndarray) -> float:
+    hits = sum(len(set(f) & set(t.tolist())) for f, t in zip(found, truth))
+    return hits / truth.size
+
+
+def rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+
+
+def _knn_worker(port: int, queries: np.ndarray, ef: int, seconds: float, out) -> None:
+    client = redis.Redis(port=port)
+    blobs = [q.astype("<f4").tobytes() for q in queries]
+    done, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        client.execute_command("LLM.KNN", "vs", "--K", K, "--EF", ef,
+                               "--EMBEDDING-BLOB", blobs[done % len(blobs)])
+        done += 1
+    out.put(done)
+
+
+def knn_qps(port: int, queries: np.ndarray, ef: int, clients: int, seconds: float) -> float:
+    out = multiprocessing.Queue()
+    workers = [multiprocessing.Process(target=_knn_worker, args=(port, queries, ef, seconds, out))
+               for _ in range(clients)]
+    for w in workers:
+        w.start()
+    total = sum(out.get() for _ in workers)
+    for w in workers:
+        w.join()
+    return total / seconds
+
+
+def redis_benchmark_rps(port: int, *command: str) -> float:
+    result = subprocess.run(["redis-benchmark", "-p", str(port), "-c", "50", "-P", "16",
+                             "-n", "2000000", "-q", *command],
+                            capture_output=True, text=True, check=True)
+    return float(re.search(r"([\d.]+) requests per second", result.stdout).group(1))
+
+
+def bench_dataset(name: str, data: np.ndarray, queries: np.ndarray, ef: int, quick: bool) -> list:
+    n, dim = data.shape
+    rows = []
+    print(f"\n== {name}: {n} x {dim}, M={M} ef_construction={EF_CONSTRUCTION} ef={ef}", flush=True)
+    truth = exact_knn(data, queries, K)
+
+    # -- raw hnswlib, in-process, one item per call (what LLM.ADD does)
+    raw = hnswlib.Index("l2", dim)
+    raw.init_index(max_elements=n, M=M, ef_construction=EF_CONSTRUCTION)
+    raw.set_num_threads(1)
+    t = time.perf_counter()
+    for i in range(n):
+        raw.add_items(data[i:i + 1], [i + 1])
+    raw_add = n / (time.perf_counter() - t)
+    raw.set_ef(ef)
+    lat = []
+    found = []
+    for q in queries:
+        t = time.perf_counter()
+        labels, _ = raw.knn_query(q, k=K)
+        lat.append(time.perf_counter() - t)
+        found.append([int(x) - 1 for x in labels[0]])
+    raw_lat = statistics.median(lat)
+    raw_recall = recall(found, truth)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "index.bin")
+        t = time.perf_counter()
+        raw.save_index(path)
+        loaded = hnswlib.Index("l2", dim)
+        loaded.load_index(path, max_elements=n)
+        raw_reload = time.perf_counter() - t
+        raw_bytes = os.path.getsize(path)
+    del loaded
+
+    # -- redis-llm inside redis-server
+    with tempfile.TemporaryDirectory() as tmp:
+        srv = RedisServer(Path(tmp), module_args=()).start()
+        try:
+            client = srv.client()
+            rss_before = rss_kb(srv.process.pid)
+            client.execute_command("LLM.CREATE-VECTOR-STORE", "vs", "--PARAMS",
+                                   f'{{"max_elements": {n}, "m": {M}, '
+                                   f'"ef_construction": {EF_CONSTRUCTION}, "ef": {ef}}}')
+            pipe = client.pipeline(transaction=False)
+            t = time.perf_counter()
+            for i in range(n):
+                pipe.execute_command("LLM.ADD", "vs", "--ID", i + 1, "--EMBEDDING-BLOB",
+                                     data[i].astype("<f4").tobytes(), f"doc-{i}")
+                if i % 500 == 499:
+                    pipe.execute()
+            pipe.execute()
+            llm_add = n / (time.perf_counter() - t)
+            rss_growth = (rss_kb(srv.process.pid) - rss_before) * 1024
+            memory_usage = client.memory_usage("vs")
+
+            ping = []
+            for _ in range(1000):
+                t = time.perf_counter()
+                client.ping()
+                ping.append(time.perf_counter() - t)
+            ping_lat = statistics.median(ping)
+            lat, found = [], []
+            blobs = [q.astype("<f4").tobytes() for q in queries]
+            for blob in blobs:
+                t = time.perf_counter()
+                reply = client.execute_command("LLM.KNN", "vs", "--K", K, "--EMBEDDING-BLOB", blob)
+                lat.append(time.perf_counter() - t)
+                found.append([int(item[0]) - 1 for item in reply])
+            llm_lat = statistics.median(lat)
+            llm_recall = recall(found, truth)
+            qps1 = len(queries) / sum(lat)
+            qps8 = knn_qps(srv.port, queries, ef, 8, 3 if quick else 8)
+
+            t = time.perf_counter()
+            client.execute_command("DEBUG", "RELOAD")
+            llm_reload = time.perf_counter() - t
+            assert client.execute_command("LLM.SIZE", "vs") == n
+
+            client.sadd("set", *range(n if n < 1000 else 1000))
+            size_rps = redis_benchmark_rps(srv.port, "LLM.SIZE", "vs")
+            native_rps = redis_benchmark_rps(srv.port, "SCARD", "set")
+        finally:
+            srv.stop()
+
+    us = 1e6
+    aim_lat = raw_lat + ping_lat + 20e-6
+    rows += [
+        (name, "KNN latency, 1 client (median)", f"{llm_lat * us:.0f} µs",
+         f"raw {raw_lat * us:.0f} µs + PING {ping_lat * us:.0f} µs",
+         f"{(llm_lat - raw_lat - ping_lat) * us:+.0f} µs over raw+PING",
+         "met" if llm_lat <= aim_lat else f"missed by {(llm_lat - aim_lat) * us:.0f} µs"),
+        (name, "KNN throughput, 1 / 8 clients", f"{qps1:.0f} / {qps8:.0f} q/s",
+         f"raw {1 / raw_lat:.0f} q/s (1 thread)", f"{qps8 * raw_lat:.2f}x", ""),
+        (name, "recall@10 vs exact", f"{llm_recall:.4f}", f"raw {raw_recall:.4f}",
+         f"{llm_recall - raw_recall:+.4f}",
+         "met" if abs(llm_recall - raw_recall) <= 0.01 else "missed"),
+        (name, "ADD throughput", f"{llm_add:.0f} items/s", f"raw {raw_add:.0f} items/s",
+         f"{llm_add / raw_add:.2f}x", ""),
+        (name, "DEBUG RELOAD vs save+load", f"{llm_reload:.2f} s", f"raw {raw_reload:.2f} s",
+         f"{llm_reload / raw_reload:.2f}x",
+         "met" if llm_reload <= 1.5 * raw_reload else "missed"),
+        (name, "MEMORY USAGE vs raw index", f"{memory_usage / 2**20:.1f} MiB",
+         f"raw {raw_bytes / 2**20:.1f} MiB", f"{memory_usage / raw_bytes:.2f}x",
+         "met" if memory_usage <= 1.3 * raw_bytes else "missed"),
+        (name, "server RSS growth vs raw index", f"{rss_growth / 2**20:.1f} MiB",
+         f"raw {raw_bytes / 2**20:.1f} MiB", f"{rss_growth / raw_bytes:.2f}x", ""),
+        (name, "LLM.SIZE vs SCARD (50 clients, -P 16)", f"{size_rps:.0f} rps",
+         f"SCARD {native_rps:.0f} rps", f"{size_rps / native_rps:.2f}x",
+         "met" if size_rps >= 0.5 * native_rps else "missed"),
+    ]
+    return rows
+
+
+def machine() -> str:
+    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    mem = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+    return (f"{cpu.group(1) if cpu else platform.processor()}, {os.cpu_count()} cores, "
+            f"{int(mem.group(1)) // 2**20} GiB, Linux {platform.release()}, "
+            f"Python {platform.python_version()}, hnswlib {getattr(hnswlib, '__version__', '0.8')}, "
+            f"{server.split()[2] if server else 'redis-server ?'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller data, for a smoke run")
+    parser.add_argument("--ef", type=int, default=None, help="query ef (default: the store's)")
+    parser.add_argument("--markdown", help="append the result table to this file")
+    args = parser.parse_args()
+    from redis_llm.store import DEFAULT_EF
+    ef = args.ef or DEFAULT_EF
+    scale = 10 if args.quick else 1
+    sets = [("100k x 128 clustered", *clustered(100_000 // scale, 1000, 128, 100, 1)),
+            ("20k x 1536 clustered", *clustered(20_000 // scale, 500, 1536, 50, 2))]
+    rows = []
+    for name, data, queries in sets:
+        rows += bench_dataset(name, data, queries, ef, args.quick)
+    header = "| data | measure | redis-llm | reference | ratio | aim |\n|---|---|---|---|---|---|\n"
+    table = header + "".join("| " + " | ".join(row) + " |\n" for row in rows)
+    text = (f"\n### Vector store, {time.strftime('%Y-%m-%d')}{' (quick)' if args.quick else ''}\n\n"
+            f"Machine: {machine()}\n\n{table}")
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "a") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
