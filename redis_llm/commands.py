@@ -147,9 +147,10 @@ def _dump_json(value) -> bytes:
 # ---- debugging (tests only) -------------------------------------------------
 
 def debug(ctx: int, args: Args):
-    """LLM.DEBUG SPIN threads seconds: keep Python threads busy in the interpreter."""
-    if args.subcommand.upper() != b"SPIN":
-        raise LLMError(f"unknown LLM.DEBUG subcommand {shown(args.subcommand)}")
+    """LLM.DEBUG SPIN --THREADS n --SECONDS s: keep Python threads busy in the
+    interpreter. LLM.DEBUG RAISE: fail with an unexpected exception."""
+    if args.subcommand == "raise":
+        raise RuntimeError("LLM.DEBUG RAISE")
     deadline = time.monotonic() + args.seconds
 
     def spin():
@@ -193,10 +194,11 @@ COMMANDS = [
                    trailing="optional", trailing_name="query",
                    exclusive=[("--EMBEDDING", "--EMBEDDING-BLOB")]),
             "Find the K items nearest to an embedding", complexity="O(log N)"),
-    Command("LLM.DEBUG", debug, "admin", 4, (),
-            Syntax((("subcommand", None), ("threads", integer(1, 64)),
-                    ("seconds", integer(0, 3600)))),
-            "Testing aids: SPIN threads seconds", debug=True),
+    Command("LLM.DEBUG", debug, "admin", -2, (),
+            Syntax((("subcommand", choice("spin", "raise")),),
+                   [Option("--THREADS", integer(1, 64), default=1),
+                    Option("--SECONDS", integer(0, 3600), default=1)]),
+            "Testing aids: SPIN --THREADS n --SECONDS s | RAISE", debug=True),
 ]
 
 COMMANDS_BY_NAME = {command.name.lower().encode(): command for command in COMMANDS}

@@ -144,6 +144,9 @@ def json_value(arg: bytes) -> Any:
     """Any JSON document, nested at most 64 levels deep."""
     try:
         value = json.loads(arg)
+        # Python reads NaN, Infinity, 1e999 and lone surrogates that other
+        # JSON parsers refuse: what is stored must be written back as JSON.
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"must be valid JSON ({exc})") from None
     if _depth(value) > _MAX_JSON_DEPTH:
@@ -178,6 +181,8 @@ def _depth(value: Any) -> int:
 def embedding_text(arg: bytes) -> np.ndarray:
     """Comma-separated numbers, e.g. ``1,2,3``."""
     try:
+        if b"_" in arg:  # float() reads 1_0 as 10
+            raise ValueError
         vector = np.array([float(x) for x in arg.split(b",")], dtype=np.float32)
     except ValueError:
         raise ValueError(f"must be comma-separated numbers, got {shown(arg)}") from None

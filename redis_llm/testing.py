@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import redis_llm
 
@@ -95,6 +97,9 @@ class RedisServer:
         return self.start()
 
     def client(self, **kwargs) -> redis.Redis:
+        # No retries: a refused connection means the server is down, and
+        # redis-py's default backoff would spend seconds finding that out.
+        kwargs.setdefault("retry", Retry(NoBackoff(), 0))
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=60, **kwargs)
 
     def alive(self) -> bool:
