@@ -50,25 +50,27 @@ class Syntax:
                  options: Sequence[Option] = (), trailing: str | None = None,
                  trailing_name: str = "data", exclusive: Sequence[tuple[str, ...]] = ()):
         self.positional = tuple(positional)
-        self.npos = len(self.positional)
         self.options = {option.name.encode(): option for option in options}
-        self.defaults = {option.attr: option.default for option in options}
+        # Options not given read their defaults from the class.
+        self.args_class = type("Args", (Args,), {o.attr: o.default for o in options})
         self.trailing = trailing
         self.trailing_name = trailing_name
         self.exclusive = tuple(tuple(name.upper() for name in group) for group in exclusive)
 
     def parse(self, args: Sequence[bytes]) -> "Args":
         """Parse ``args`` (the arguments after the command name)."""
-        values = self.defaults.copy()
-        for (name, convert), arg in zip(self.positional, args):
-            values[name] = convert_value(name, convert, arg) if convert else arg
-        if len(args) > self.npos or self.trailing:
-            self._parse_options(args, self.npos, values)
-        parsed = object.__new__(Args)  # no __init__ frame: this runs for every command
-        parsed.__dict__ = values
+        # This runs for every command: index loops and setattr on a class
+        # holding the defaults are the cheapest way to build the result.
+        parsed = self.args_class()
+        i = 0
+        for name, convert in self.positional:
+            setattr(parsed, name, convert_value(name, convert, args[i]) if convert else args[i])
+            i += 1
+        if len(args) > i or self.trailing:
+            self._parse_options(args, i, parsed)
         return parsed
 
-    def _parse_options(self, args: Sequence[bytes], npos: int, values: dict) -> None:
+    def _parse_options(self, args: Sequence[bytes], npos: int, parsed: "Args") -> None:
         end = len(args)
         trailing = None
         if self.trailing == "required":
@@ -92,29 +94,26 @@ class Syntax:
                 raise LLMError(f"option {option.name} given more than once")
             seen.append(option.name)
             if option.convert is None:
-                values[option.attr] = True
+                setattr(parsed, option.attr, True)
                 i += 1
             else:
                 if i + 1 >= end:
                     raise LLMError(f"option {option.name} needs a value")
-                values[option.attr] = convert_value(option.name, option.convert, args[i + 1])
+                setattr(parsed, option.attr, convert_value(option.name, option.convert, args[i + 1]))
                 i += 2
         for group in self.exclusive:
             given = [name for name in group if name in seen]
             if len(given) > 1:
                 raise LLMError(f"options {' and '.join(given)} cannot be combined")
         if self.trailing:
-            values[self.trailing_name] = trailing
+            setattr(parsed, self.trailing_name, trailing)
 
 
 class Args:
     """Parsed arguments, read as attributes: ``args.key``, ``args.k``."""
 
-    def __init__(self, values: dict):
-        self.__dict__ = values
-
     def __repr__(self) -> str:
-        return f"Args({self.__dict__!r})"
+        return f"Args({vars(self)!r})"
 
 
 def convert_value(name: str, convert: Converter, arg: bytes) -> Any:
