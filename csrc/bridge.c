@@ -113,19 +113,26 @@ static void type_rdb_save(RedisModuleIO *rdb, void *value) {
 
 static void *type_rdb_load(RedisModuleIO *rdb, int encver) {
     uint64_t n = RedisModule_LoadUnsigned(rdb);
+    if (RedisModule_IsIOError(rdb)) return NULL;
     PyGILState_STATE gil = gil_lock();
     PyObject *chunks = PyList_New(0);
     for (uint64_t i = 0; chunks && i < n; i++) {
         size_t len;
         char *buf = RedisModule_LoadStringBuffer(rdb, &len);
+        if (!buf || RedisModule_IsIOError(rdb)) {
+            if (buf) RedisModule_Free(buf);
+            Py_CLEAR(chunks);
+            break;
+        }
         PyObject *chunk = PyBytes_FromStringAndSize(buf, len);
         RedisModule_Free(buf);
         if (!chunk || PyList_Append(chunks, chunk) < 0) Py_CLEAR(chunks);
         Py_XDECREF(chunk);
     }
+    if (!chunks) PyErr_Clear();
     PyObject *value = chunks ? PyObject_CallMethod(shim_bridge, "restore", "iO", encver, chunks)
                              : NULL;
-    if (!value) shim_log_python_error("cannot load a value from RDB");
+    if (!value && chunks) shim_log_python_error("cannot load a value from RDB");
     Py_XDECREF(chunks);
     gil_unlock(gil);
     return value;
@@ -325,8 +332,8 @@ static PyMethodDef shim_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef shim_module = {PyModuleDef_HEAD_INIT, "_redis_llm_shim", NULL, -1,
-                                         shim_methods};
+static struct PyModuleDef shim_module = {
+    PyModuleDef_HEAD_INIT, .m_name = "_redis_llm_shim", .m_size = -1, .m_methods = shim_methods};
 
 PyObject *shim_init_python_module(void) {
     PyObject *module = PyModule_Create(&shim_module);

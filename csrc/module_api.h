@@ -17,6 +17,7 @@
 #define RM_KEYTYPE_MODULE 6
 #define RM_TYPE_METHOD_VERSION 1
 #define RM_NOTIFY_MODULE (1 << 13)
+#define RM_OPTIONS_HANDLE_IO_ERRORS (1 << 0)
 
 typedef struct RedisModuleCtx RedisModuleCtx;
 typedef struct RedisModuleKey RedisModuleKey;
@@ -127,6 +128,8 @@ typedef struct {
     X(int, SignalModifiedKey, (RedisModuleCtx *, RedisModuleString *key))                          \
     X(int, NotifyKeyspaceEvent,                                                                    \
       (RedisModuleCtx *, int type, const char *event, RedisModuleString *key))                     \
+    X(void, SetModuleOptions, (RedisModuleCtx *, int options))                                     \
+    X(int, IsIOError, (RedisModuleIO *))                                                           \
     X(void, SaveUnsigned, (RedisModuleIO *, uint64_t))                                             \
     X(uint64_t, LoadUnsigned, (RedisModuleIO *))                                                   \
     X(void, SaveStringBuffer, (RedisModuleIO *, const char *buf, size_t len))                      \

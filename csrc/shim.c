@@ -103,8 +103,8 @@ static int find_venv_python(const char *dir, char *python, size_t size) {
         char cfg[PATH_MAX + 16];
         snprintf(cfg, sizeof cfg, "%s/pyvenv.cfg", path);
         if (access(cfg, R_OK) == 0) {
-            snprintf(python, size, "%s/bin/python3", path);
-            return access(python, X_OK) == 0;
+            int n = snprintf(python, size, "%s/bin/python3", path);
+            return n > 0 && (size_t)n < size && access(python, X_OK) == 0;
         }
         char *parent = dirname(path);
         if (strcmp(parent, path) == 0) break;
@@ -157,6 +157,9 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) 
     if (fetch_api(ctx) != RM_OK) return RM_ERR;
     if (RedisModule_IsModuleNameBusy("LLM")) return RM_ERR;
     RedisModule_SetModuleAttribs(ctx, "LLM", 1, RM_APIVER_1);
+    /* A truncated or damaged RDB payload (RESTORE, a replica's sync) is an
+     * error for the loader to report, not a reason for Redis to panic. */
+    RedisModule_SetModuleOptions(ctx, RM_OPTIONS_HANDLE_IO_ERRORS);
     shim_log_ctx = RedisModule_GetDetachedThreadSafeContext(ctx);
     main_thread = pthread_self();
 
