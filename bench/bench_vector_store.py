@@ -69,6 +69,19 @@ def rss_kb(pid: int) -> int:
     return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
 
 
+def raw_index_memory(index: hnswlib.Index, n: int) -> int:
+    """RSS growth of a fresh process loading this index: its size in memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "index.bin")
+        index.save_index(path)
+        script = ("import hnswlib, re, sys\n"
+                  "def rss(): return int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+                  f"before = rss(); i = hnswlib.Index('l2', {index.dim}); i.load_index(sys.argv[1], max_elements={n})\n"
+                  "print((rss() - before) * 1024)\n")
+        out = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, check=True)
+        return int(out.stdout)
+
+
 def _knn_worker(port: int, queries: np.ndarray, ef: int, seconds: float, out) -> None:
     client = redis.Redis(port=port)
     blobs = [q.astype("<f4").tobytes() for q in queries]
@@ -106,7 +119,6 @@ def bench_dataset(name: str, data: np.ndarray, queries: np.ndarray, ef: int, qui
     truth = exact_knn(data, queries, K)
 
     # -- raw hnswlib, in-process, one item per call (what LLM.ADD does)
-    rss_start = rss_kb(os.getpid())
     raw = hnswlib.Index("l2", dim)
     raw.init_index(max_elements=n, M=M, ef_construction=EF_CONSTRUCTION)
     raw.set_num_threads(1)
@@ -114,7 +126,6 @@ def bench_dataset(name: str, data: np.ndarray, queries: np.ndarray, ef: int, qui
     for i in range(n):
         raw.add_items(data[i:i + 1], [i + 1])
     raw_add = n / (time.perf_counter() - t)
-    raw_rss = (rss_kb(os.getpid()) - rss_start) * 1024
     raw.set_ef(ef)
     lat = []
     found = []
@@ -125,6 +136,7 @@ def bench_dataset(name: str, data: np.ndarray, queries: np.ndarray, ef: int, qui
         found.append([int(x) - 1 for x in labels[0]])
     raw_lat = statistics.median(lat)
     raw_recall = recall(found, truth)
+    raw_rss = raw_index_memory(raw, n)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "index.bin")
         t = time.perf_counter()
@@ -164,19 +176,26 @@ def bench_dataset(name: str, data: np.ndarray, queries: np.ndarray, ef: int, qui
             ping_lat = statistics.median(ping)
             lat, found = [], []
             blobs = [q.astype("<f4").tobytes() for q in queries]
+            client.config_resetstat()
             for blob in blobs:
                 t = time.perf_counter()
                 reply = client.execute_command("LLM.KNN", "vs", "--K", K, "--EMBEDDING-BLOB", blob)
                 lat.append(time.perf_counter() - t)
                 found.append([int(item[0]) - 1 for item in reply])
             llm_lat = statistics.median(lat)
+            server_us = client.info("commandstats")["cmdstat_llm.knn"]["usec_per_call"]
             llm_recall = recall(found, truth)
             qps1 = len(queries) / sum(lat)
             qps8 = knn_qps(srv.port, queries, ef, 8, 3 if quick else 8)
 
-            t = time.perf_counter()
-            client.execute_command("DEBUG", "RELOAD")
-            llm_reload = time.perf_counter() - t
+            reloads = {}
+            for compression in ("yes", "no"):
+                client.config_set("rdbcompression", compression)
+                t = time.perf_counter()
+                client.execute_command("DEBUG", "RELOAD")
+                reloads[compression] = time.perf_counter() - t
+            client.config_set("rdbcompression", "yes")
+            llm_reload = reloads["yes"]
             assert client.execute_command("LLM.SIZE", "vs") == n
 
             client.sadd("set", *range(n if n < 1000 else 1000))
@@ -192,6 +211,8 @@ def bench_dataset(name: str, data: np.ndarray, queries: np.ndarray, ef: int, qui
          f"raw {raw_lat * us:.0f} µs + PING {ping_lat * us:.0f} µs",
          f"{(llm_lat - raw_lat - ping_lat) * us:+.0f} µs over raw+PING",
          "met" if llm_lat <= aim_lat else f"missed by {(llm_lat - aim_lat) * us:.0f} µs"),
+        (name, "KNN time inside the server (mean)", f"{server_us:.0f} µs",
+         f"raw knn_query {raw_lat * us:.0f} µs", f"{server_us / (raw_lat * us):.2f}x", ""),
         (name, "KNN throughput, 1 / 8 clients", f"{qps1:.0f} / {qps8:.0f} q/s",
          f"raw {1 / raw_lat:.0f} q/s (1 thread)", f"{qps8 * raw_lat:.2f}x", ""),
         (name, "recall@10 vs exact", f"{llm_recall:.4f}", f"raw {raw_recall:.4f}",
@@ -202,6 +223,9 @@ def bench_dataset(name: str, data: np.ndarray, queries: np.ndarray, ef: int, qui
         (name, "DEBUG RELOAD vs save+load", f"{llm_reload:.2f} s", f"raw {raw_reload:.2f} s",
          f"{llm_reload / raw_reload:.2f}x",
          "met" if llm_reload <= 1.5 * raw_reload else "missed"),
+        (name, "DEBUG RELOAD, rdbcompression no", f"{reloads['no']:.2f} s",
+         f"raw {raw_reload:.2f} s", f"{reloads['no'] / raw_reload:.2f}x",
+         "met" if reloads["no"] <= 1.5 * raw_reload else "missed"),
         (name, "MEMORY USAGE vs raw index in memory", f"{memory_usage / 2**20:.1f} MiB",
          f"raw RSS growth {raw_rss / 2**20:.1f} MiB", f"{memory_usage / raw_rss:.2f}x",
          "met" if memory_usage <= 1.3 * raw_rss else "missed"),

@@ -28,6 +28,12 @@ DEFAULT_EF = 64               # query breadth when neither the store nor the que
 MAX_ID = 2**64 - 1
 _SEED = 100                   # hnswlib's default: graphs built from the same adds are identical
 _EXACT_CHUNK = 4096           # vectors fetched from hnswlib per step of an exact search
+# A cosine vector is stored as is when its squared norm is 1 within this: a
+# unit vector rounded to float32 has |sum(v*v) - 1| <= ~2**-23 (1.2e-7), so
+# what _unit() returns passes unchanged through it again (replays, AOF
+# rewrites), while leaving out a normalization this close to 1 changes a
+# cosine distance by at most 5e-7, about float32's own precision on it.
+_UNIT_TOLERANCE = 1e-6
 
 _METRICS = ("l2", "ip", "cosine")
 _INT_PARAMS = {
@@ -109,12 +115,18 @@ class VectorStore:
     """Items (id, vector, data, optional meta) searchable by nearest neighbours.
 
     Ids are uint64. Generated ids come from a counter that starts at 1, moves
-    past every id it hands out and skips ids that are live.
+    past every id it hands out and skips ids that are live. The counter moves
+    only in add(), when the id added is peek_id() (the next free id), however
+    it was resolved: it depends only on the sequence of adds and removes and
+    their ids, so replicas and AOF replays, which see explicit ids, reproduce it.
+
+    A cosine store keeps unit vectors (normalized by _unit(), idempotently) in
+    an hnswlib "ip" index: 1 - dot of unit vectors is hnswlib's cosine distance.
     """
 
     type_tag = b"vector-store"
     __slots__ = ("params", "llm", "_index", "_data", "_meta", "_removed", "_next_id",
-                 "_data_bytes", "_meta_bytes", "_ef", "_slot_bytes")
+                 "_free_from", "_data_bytes", "_meta_bytes", "_ef", "_slot_bytes")
 
     def __init__(self, params: StoreParams, llm: bytes | None = None):
         self.params = replace(params)   # own copy: dim is filled in by the first add
@@ -126,6 +138,8 @@ class VectorStore:
         # reuses deleted slots without saying whose, so this is a superset.
         self._removed: set[int] = set()
         self._next_id = 1
+        # A cache for peek_id(), not state: every id in [_next_id, _free_from) is live.
+        self._free_from = 1
         self._data_bytes = 0            # running totals for memory_usage()
         self._meta_bytes = 0
         self._ef = 0                    # the ef last set on the index
@@ -156,6 +170,12 @@ class VectorStore:
             id = self.peek_id()
         elif not 0 <= id <= MAX_ID:
             raise LLMError(f"id must be an integer from 0 to {MAX_ID}")
+        # The command layer resolves ids with peek_id() and passes them
+        # explicitly (to replicate them): whichever way the next free id is
+        # added, the counter moves past it, and only then.
+        takes_next = id == self._free_id()
+        if self.params.metric == "cosine":
+            vector = _unit(vector)
         index = self._index
         if index is None:
             index = self._create_index(vector.shape[0])
@@ -174,10 +194,8 @@ class VectorStore:
         if meta is not None:
             self._meta[id] = meta
             self._meta_bytes += _meta_size(meta)
-        if id == self._next_id:
-            # The command layer resolves ids with peek_id() and passes them
-            # explicitly (to replicate them): either way the counter moves on.
-            self._next_id += 1
+        if takes_next:
+            self._next_id = self._free_from = id + 1
         return id
 
     def _insert(self, index: hnswlib.Index, vector: np.ndarray, id: int) -> None:
@@ -212,14 +230,23 @@ class VectorStore:
             removed.intersection_update(index.get_ids_list())
 
     def peek_id(self) -> int:
-        """The id add(id=None) would give now."""
-        next_id, data = self._next_id, self._data
-        while next_id in data:
-            next_id += 1
-        if next_id > MAX_ID:
+        """The id add(id=None) would give now: the first id from the counter on that is not live.
+
+        Changes no state (the counter moves in add()), so calling it or not,
+        as a master does and its replicas do not, makes no difference.
+        """
+        id = self._free_id()
+        if id > MAX_ID:
             raise LLMError("the vector store has no free id left")
-        self._next_id = next_id
-        return next_id
+        return id
+
+    def _free_id(self) -> int:
+        """peek_id(), or MAX_ID + 1 when every id from the counter on is live."""
+        id, data = self._free_from, self._data
+        while id in data:
+            id += 1
+        self._free_from = id
+        return id
 
     def get(self, id: int) -> tuple[bytes, np.ndarray, dict | None] | None:
         """(data, vector, meta) of a live id, or None. Cosine stores keep unit vectors."""
@@ -238,6 +265,8 @@ class VectorStore:
             return False
         self._index.mark_deleted(id)
         self._removed.add(id)
+        if self._next_id <= id < self._free_from:
+            self._free_from = id
         self._data_bytes -= sys.getsizeof(self._data.pop(id))
         meta = self._meta.pop(id, None)
         if meta is not None:
@@ -258,6 +287,8 @@ class VectorStore:
         live = len(self._data)
         if not live or k < 1:
             return []
+        if self.params.metric == "cosine":
+            vector = _unit(vector)
         if ef is None:
             ef = self.params.ef
         if not where:
@@ -286,29 +317,37 @@ class VectorStore:
         return list(zip(labels[0].tolist(), distances[0].tolist()))
 
     def _exact(self, vector: np.ndarray, ids: list[int], k: int) -> list[tuple[int, float]]:
-        """Brute force over ids with hnswlib's distance, in float32 like hnswlib."""
+        """Brute force over ids with hnswlib's distance, in float32 like hnswlib.
+
+        ``vector`` is the query as the graph search gets it (a cosine query
+        already normalized by knn()). A distance depends only on the two
+        vectors (einsum sums each row alike; a BLAS matrix product does not:
+        its rounding depends on the row's place in the chunk), and ids are
+        scanned in id order, ties going to the lower id: stores with the same
+        items answer alike whatever their history (an AOF rewrite's replay).
+        """
         metric = self.params.metric
         query = np.asarray(vector, dtype=np.float32)
-        if metric == "cosine":   # hnswlib's normalization, to the last bit
-            query = query * (np.float32(1) / (np.sqrt(np.dot(query, query)) + np.float32(1e-30)))
         one = np.float32(1)
+        ids = np.sort(np.array(ids, dtype=np.uint64))
         best_ids = np.empty(0, dtype=np.uint64)
         best = np.empty(0, dtype=np.float32)
         for start in range(0, len(ids), _EXACT_CHUNK):
             chunk = ids[start:start + _EXACT_CHUNK]
             # return_type="list" then numpy is 2-3x faster than hnswlib's "numpy".
-            vectors = np.array(self._index.get_items(chunk, return_type="list"), dtype=np.float32)
+            vectors = np.array(self._index.get_items(chunk.tolist(), return_type="list"),
+                               dtype=np.float32)
             if metric == "l2":
                 diff = vectors - query
                 distances = np.einsum("ij,ij->i", diff, diff)
             else:
-                distances = one - vectors @ query
+                distances = one - np.einsum("ij,j->i", vectors, query)
             best = np.concatenate((best, distances))
-            best_ids = np.concatenate((best_ids, np.array(chunk, dtype=np.uint64)))
+            best_ids = np.concatenate((best_ids, chunk))
             if len(best) > k:
                 keep = np.argpartition(best, k - 1)[:k]
                 best, best_ids = best[keep], best_ids[keep]
-        order = np.argsort(best, kind="stable")
+        order = np.lexsort((best_ids, best))
         return list(zip(best_ids[order].tolist(), best[order].tolist()))
 
     def _matching(self, where: dict) -> list[int]:
@@ -417,6 +456,12 @@ class VectorStore:
             _check(len(chunks) > _PLAIN_CHUNKS, "missing index arrays")
             arrays = {name: _array(chunk, dtype, None, name)
                       for (name, dtype), chunk in zip(_INDEX_ARRAYS, chunks[_PLAIN_CHUNKS:])}
+            if (params.metric == "cosine" and type(state) is dict
+                    and state.get("space") == "cosine" and state.get("normalize") is True):
+                # Written before cosine stores used an "ip" index: hnswlib's
+                # cosine space is its ip space plus normalization in add and
+                # query, so the saved vectors (unit already) and graph are the same.
+                state = {**state, "space": "ip", "normalize": False}
             deleted_labels = _check_index(state, arrays, params, ids)
             index = hnswlib.Index.__new__(hnswlib.Index)
             try:
@@ -430,7 +475,7 @@ class VectorStore:
         if index is not None:
             store._slot_bytes = _slot_bytes(params)
             store._ef = state["ef"]
-        store._next_id = next_id
+        store._next_id = store._free_from = next_id
         bounds = offsets.tolist()
         store._data = {i: blob[a:b] for i, a, b in zip(ids.tolist(), bounds, bounds[1:])}
         store._meta = {i: _own_meta(m) for i, m in zip(meta_ids.tolist(), metas)}
@@ -440,10 +485,17 @@ class VectorStore:
         return store
 
     def aof_commands(self, key: bytes) -> Iterator[list[bytes]]:
-        """Commands that rebuild this store when replayed, items in graph order.
+        """Commands that rebuild this store when replayed: its items, with their ids.
 
-        The replay restores every id, not the id counter: it restarts at 1
-        (moving past the replayed ids it meets) and still skips live ids.
+        The order sets the replayed id counter (see add()). Let end be the
+        counter or, if an id from 1 up to it is not live (a removed item), the
+        first such id. The items with other ids come first, in graph order,
+        while the replay's counter stays at 1 (id 1 is still free); then ids
+        1 to end - 1, in order, each moving the counter past it, to end. So the
+        replay has the same counter unless an id below it was removed: adds
+        cannot move a counter past an id that is not live, and the replay
+        restarts at the first such id, which may then be handed out again.
+        Either way a rewrite of the replay emits the same commands.
         """
         create = [b"LLM.CREATE-VECTOR-STORE", key, b"--PARAMS", _compact_json(self.params.to_json())]
         if self.llm is not None:
@@ -451,18 +503,30 @@ class VectorStore:
         yield create
         if not self._data:
             return
-        labels, vectors = self._slots()
         data, metas = self._data, self._meta
-        for label, vector in zip(labels.tolist(), vectors):
-            item = data.get(label)
-            if item is None:
-                continue                    # a deleted slot (labels are unique across slots)
+        end = 1
+        while end < self._next_id and end in data:
+            end += 1
+        labels, vectors = self._slots()
+        head = np.empty(end - 1, dtype=np.int64)    # slot of each id from 1 to end - 1
+
+        def add(label, vector):
             command = [b"LLM.ADD", key, b"--ID", b"%d" % label, b"--EMBEDDING-BLOB", vector.tobytes()]
             meta = metas.get(label)
             if meta is not None:
                 command += [b"--META", _compact_json(meta)]
-            command.append(item)
-            yield command
+            command.append(data[label])
+            return command
+
+        for row, label in enumerate(labels.tolist()):
+            if label not in data:
+                continue                    # a deleted slot (labels are unique across slots)
+            if 1 <= label < end:
+                head[label - 1] = row
+            else:
+                yield add(label, vectors[row])
+        for label, row in enumerate(head.tolist(), start=1):
+            yield add(label, vectors[row])
 
     def _slots(self) -> tuple[np.ndarray, np.ndarray]:
         """(label, vector) of every used slot, in slot order, from a copy of the index."""
@@ -517,7 +581,7 @@ class VectorStore:
 
     def _create_index(self, dim: int) -> hnswlib.Index:
         params = self.params
-        index = hnswlib.Index(space=params.metric, dim=dim)
+        index = hnswlib.Index(space=_space(params.metric), dim=dim)
         index.init_index(max_elements=params.max_elements, M=params.m,
                          ef_construction=params.ef_construction, random_seed=_SEED,
                          allow_replace_deleted=True)
@@ -526,6 +590,29 @@ class VectorStore:
         self._index = index
         self._slot_bytes = _slot_bytes(params)
         return index
+
+
+def _space(metric: str) -> str:
+    """The hnswlib space of a metric: cosine stores normalize vectors themselves (_unit)."""
+    return "ip" if metric == "cosine" else metric
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    """vector scaled to unit length, as float32; unchanged if it is unit already.
+
+    Idempotent, to the bit: an AOF rewrite emits the stored unit vectors and
+    its replay must store them unchanged (hnswlib's own normalization moves
+    their last bits each time). The squared norm is summed in float64 (the
+    float32 squares are exact in it; numpy's pairwise sum, not a BLAS dot,
+    whose order depends on the CPU) and the scaling is rounded to float32
+    once. A zero vector stays zero, as with hnswlib (which divides by
+    norm + 1e-30): it is at distance 1 from everything, as a zero query is.
+    """
+    wide = vector.astype(np.float64)
+    squared = float(np.add.reduce(wide * wide))
+    if abs(squared - 1.0) <= _UNIT_TOLERANCE or squared == 0.0:
+        return np.asarray(vector, dtype=np.float32)
+    return (wide / math.sqrt(squared)).astype(np.float32)
 
 
 def _prefer_exact(matches: int, live: int, ef: int) -> bool:
@@ -614,8 +701,8 @@ def _check_index(state, arrays: dict[str, np.ndarray], params: StoreParams, ids:
     max_m0 = 2 * m
     links0 = 4 + 4 * max_m0
     expected = {
-        "ser_version": 1, "space": params.metric, "dim": dim, "index_inited": True,
-        "normalize": params.metric == "cosine", "offset_level0": 0, "M": m, "max_M": m,
+        "ser_version": 1, "space": _space(params.metric), "dim": dim, "index_inited": True,
+        "normalize": False, "offset_level0": 0, "M": m, "max_M": m,
         "max_M0": max_m0, "ef_construction": max(params.ef_construction, m),
         "size_data_per_element": links0 + 4 * dim + 8, "offset_data": links0,
         "label_offset": links0 + 4 * dim, "size_links_per_element": 4 + 4 * m,

@@ -14,7 +14,6 @@ import shutil
 import time
 
 import pytest
-import redis
 
 # make_server: the fixture that also ends the forked children a failed test leaves behind.
 from test_durability import make_server  # noqa: F401

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from redis_llm.errors import LLMError
-from redis_llm.store import ENCODING_VERSION, StoreParams, VectorStore, _prefer_exact
+from redis_llm.store import ENCODING_VERSION, MAX_ID, StoreParams, VectorStore, _prefer_exact
 
 
 def vec(*values) -> np.ndarray:
@@ -111,6 +111,85 @@ def test_explicit_add_of_the_peeked_id_moves_the_counter_on():
         assert store.add(vec(1, 0), b"x", id=id) == expected
     store.remove(3)
     assert store.peek_id() == 4
+
+
+def test_replayed_explicit_adds_reproduce_the_id_counter():
+    # A replica or an AOF replay only sees explicit ids: the counter must
+    # follow from them, whether the master generated them or not.
+    v = vec(1, 2)
+    master = VectorStore(StoreParams())
+    assert master.add(v, b"explicit", id=2) == 2
+    assert master.add(v, b"a", id=master.peek_id()) == 1
+    assert master.add(v, b"b", id=master.peek_id()) == 3     # 2 is live: skipped
+    assert master.remove(2)
+    assert master.peek_id() == 4
+    replica = VectorStore(StoreParams())
+    for id, data in ((2, b"explicit"), (1, b"a"), (3, b"b")):
+        replica.add(v, data, id=id)
+    replica.remove(2)
+    assert replica.peek_id() == 4
+
+
+def test_the_id_counter_is_a_function_of_the_explicit_adds_and_removes():
+    # Random adds (generated, or explicit near the counter), failed adds and
+    # removes on a master that also peeks at will; a replica replays only
+    # the successful adds, with their ids, and the removes.
+    rng = np.random.default_rng(5)
+    master, replica = VectorStore(StoreParams()), VectorStore(StoreParams())
+    log = []
+    for step in range(3000):
+        roll = rng.random()
+        if roll < 0.1:
+            master.peek_id()                                  # no effect
+            with pytest.raises(LLMError):
+                master.add(vec(1, 2, 3), b"wrong dim")        # resolves no id
+        elif roll < 0.4:
+            id = int(rng.integers(0, master.peek_id() + 8))
+            if master.remove(id):
+                log.append(("rem", id))
+        else:
+            id = master.peek_id() if roll < 0.7 else int(rng.integers(0, master.peek_id() + 8))
+            master.add(vec(step, 1), b"%d" % step, id=id)
+            log.append(("add", id))
+    for op, id in log:
+        if op == "add":
+            replica.add(vec(0, 1), b"", id=id)
+        else:
+            assert replica.remove(id)
+    assert replica._next_id == master._next_id
+    assert json.loads(replica.dump()[1])["next_id"] == json.loads(master.dump()[1])["next_id"]
+    for id in sorted(master._data):
+        master.remove(id)
+        replica.remove(id)
+        assert replica.peek_id() == master.peek_id()
+
+
+def test_peek_id_changes_nothing_and_explicit_adds_move_the_counter_only_at_the_free_id():
+    store = VectorStore(StoreParams())
+    store.add(vec(1, 0), b"", id=2)
+    store.add(vec(1, 0), b"", id=3)
+    assert store.peek_id() == 1
+    store.add(vec(1, 0), b"", id=1)          # the free id: the counter moves past it
+    assert store.peek_id() == 4
+    assert store.remove(3)                   # an id the counter skipped, never handed out
+    assert store.peek_id() == 3
+    store.add(vec(1, 0), b"", id=5)          # not the free id: no move
+    assert store.peek_id() == 3
+    assert store.add(vec(1, 0), b"") == 3
+    assert store.peek_id() == 4
+    # Explicit adds may go up to MAX_ID when no id is left to generate.
+    full = VectorStore(StoreParams())
+    full.add(vec(1, 0), b"", id=MAX_ID)
+    full._next_id = full._free_from = MAX_ID
+    with pytest.raises(LLMError, match="no free id"):
+        full.peek_id()
+    full.add(vec(0, 1), b"again", id=MAX_ID)
+    assert full.remove(MAX_ID)
+    assert full.peek_id() == MAX_ID
+    assert full.add(vec(1, 0), b"last") == MAX_ID
+    with pytest.raises(LLMError, match="no free id"):
+        full.add(vec(1, 0), b"none left")
+    assert full.add(vec(1, 0), b"explicit", id=0) == 0
 
 
 def test_ids_cover_the_whole_uint64_range():
@@ -263,6 +342,63 @@ def test_distances_match_numpy_and_the_exact_path_matches_hnswlib(metric):
 def test_cosine_store_keeps_unit_vectors():
     store = filled([vec(3, 4)], StoreParams(metric="cosine"))
     np.testing.assert_allclose(store.get(1)[1], [0.6, 0.8], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dim", [2, 16, 300])
+def test_cosine_normalization_is_idempotent_to_the_bit(dim):
+    # An AOF rewrite emits the stored unit vectors; adding them again must
+    # store them unchanged, and a query by a stored vector finds it at 0.
+    rng = np.random.default_rng(dim)
+    scales = 10.0 ** rng.integers(-20, 20, 200)
+    vectors = (rng.standard_normal((200, dim)) * scales[:, None]).astype(np.float32)
+    store = filled(vectors, StoreParams(metric="cosine"))
+    again = VectorStore(StoreParams(metric="cosine"))
+    for id in range(1, 201):
+        unit = store.get(id)[1]
+        assert abs(float(np.sum(unit.astype(np.float64) ** 2)) - 1) < 1e-6
+        again.add(unit, b"", id=id)
+        assert again.get(id)[1].tobytes() == unit.tobytes()
+        assert store.knn(unit, 1) == [(id, pytest.approx(0.0, abs=1e-6))]
+    # A query is normalized the same way: an exact scaling changes no distance.
+    query = rng.standard_normal(dim).astype(np.float32)
+    expected = store.knn(query, 5)
+    assert store.knn(query * np.float32(2.0 ** 60), 5) == store.knn(query * np.float32(2.0 ** -60), 5) == expected
+    unit = query / np.float32(np.linalg.norm(query))
+    assert [i for i, _ in store.knn(unit, 5)] == [i for i, _ in expected]
+
+
+def test_cosine_zero_vectors_stay_zero_at_distance_1():
+    store = VectorStore(StoreParams(metric="cosine"))
+    store.add(vec(0, 0, 0), b"zero", {"all": True}, id=1)
+    store.add(vec(0, 3, 4), b"y", {"all": True}, id=2)
+    assert store.get(1)[1].tolist() == [0, 0, 0]
+    assert store.knn(vec(0, 1, 0), 2) == [(2, pytest.approx(0.4)), (1, 1.0)]
+    assert store.knn(vec(0, 0, 0), 2) == [(1, 1.0), (2, 1.0)]
+    assert store.knn(vec(0, 0, 0), 2, where={"all": True}) == [(1, 1.0), (2, 1.0)]
+    assert not np.isnan(np.array([d for _, d in store.knn(vec(0, 1, 0), 2, where={"all": True})])).any()
+
+
+def test_cosine_store_uses_an_ip_index_and_reads_older_cosine_indexes():
+    store, _ = churned_store(n=300, dim=4, llm=None)
+    chunks = [bytes(c) for c in store.dump()]
+    header = json.loads(chunks[1])
+    assert (header["index"]["space"], header["index"]["normalize"]) == ("ip", False)
+    # An index saved by hnswlib's cosine space (ip space + normalization) loads as ip.
+    old = with_header(chunks, lambda h: h["index"].update(space="cosine", normalize=True))
+    restored = VectorStore.restore(ENCODING_VERSION, old)
+    assert restored.digest() == store.digest()
+    assert [bytes(c) for c in restored.dump()] == chunks
+    # Any other space, or normalization flag, does not fit the metric.
+    for space, normalize in (("l2", False), ("cosine", False), ("ip", True), ("l2", True)):
+        broken = with_header(chunks, lambda h: h["index"].update(space=space, normalize=normalize))
+        with pytest.raises(ValueError, match="index does not fit the params"):
+            VectorStore.restore(ENCODING_VERSION, broken)
+    ip, _ = churned_store(n=50, dim=4, llm=None, metric="ip")
+    ip_chunks = [bytes(c) for c in ip.dump()]
+    assert json.loads(ip_chunks[1])["index"]["space"] == "ip"
+    with pytest.raises(ValueError, match="index does not fit the params"):
+        VectorStore.restore(ENCODING_VERSION, with_header(
+            ip_chunks, lambda h: h["index"].update(space="cosine", normalize=True)))
 
 
 # ---- filters ---------------------------------------------------------------
@@ -475,7 +611,6 @@ def replay(commands) -> VectorStore:
 
 
 def test_aof_commands_rebuild_the_same_content():
-    # l2: a cosine store's unit vectors come back normalized twice, equal only to the last bit.
     store, _ = churned_store(n=500, dim=8, metric="l2")
     commands = list(store.aof_commands(b"key"))
     create = commands[0]
@@ -501,6 +636,104 @@ def test_aof_commands_rebuild_the_same_content():
     for _ in range(20):
         assert rebuilt.peek_id() not in rebuilt._data
         rebuilt.add(np.zeros(8, np.float32), b"fresh")
+
+
+def replayable_store(metric: str) -> VectorStore:
+    """Generated and explicit ids, overwrites, removes and re-adds that reuse
+    slots (graph order is not id order), no removed id below the counter."""
+    rng = np.random.default_rng(31)
+    vectors = (rng.standard_normal((400, 6)) * 5).astype(np.float32)
+    store = VectorStore(StoreParams(max_elements=64, metric=metric), llm=b"m")
+    meta = lambda i: {"i": i, "odd": i % 2 == 1} if i % 3 else None
+    for i in range(120):
+        store.add(vectors[i], b"gen-%d" % i, meta(i), id=store.peek_id())
+    for i in range(120, 220):
+        store.add(vectors[i], b"big-%d" % i, meta(i), id=10**6 + i)
+    store.add(vectors[220], b"zero", None, id=0)
+    store.add(vectors[221], b"max", {"odd": True}, id=MAX_ID)
+    store.add(vectors[222], b"above", None, id=store.peek_id() + 2)   # not the free id
+    for id in range(10**6 + 120, 10**6 + 220, 3):
+        store.remove(id)
+    for i in range(223, 260):                                         # reuse deleted slots
+        store.add(vectors[i], b"gen-%d" % i, meta(i), id=store.peek_id())
+    for i in range(260, 290):
+        store.add(vectors[i], b"over-%d" % i, meta(i), id=int(rng.integers(1, 120)))
+    for i in range(290, 300):
+        store.add(vectors[i], b"back-%d" % i, meta(i), id=10**6 + 120 + 3 * (i - 290))
+    # Generated ids out of id order in the graph: 10 leaves its slot to
+    # another id and comes back in a slot after 11's.
+    data = {id: store.get(id) for id in (10, 11)}
+    assert store.remove(10) and store.remove(11)
+    store.add(vectors[300], b"slot-thief", None, id=10**7)
+    for id in (11, 10):
+        store.add(data[id][1], data[id][0], data[id][2], id=id)
+    slots = store._slots()[0].tolist()
+    assert slots.index(10) > slots.index(11)
+    return store
+
+
+def parse_and_replay(commands) -> VectorStore:
+    """Replay aof_commands() output from its arguments, as LLM.ADD parses them."""
+    store = None
+    for command in commands:
+        if command[0] == b"LLM.CREATE-VECTOR-STORE":
+            options = dict(zip(command[2::2], command[3::2]))
+            store = VectorStore(StoreParams.from_json(json.loads(options[b"--PARAMS"])),
+                                llm=options.get(b"--LLM"))
+            continue
+        assert command[:2] == [b"LLM.ADD", b"key"]
+        options = dict(zip(command[2:-1:2], command[3:-1:2]))
+        assert set(options) <= {b"--ID", b"--EMBEDDING-BLOB", b"--META"}
+        vector = np.frombuffer(options[b"--EMBEDDING-BLOB"], dtype="<f4").astype(np.float32)
+        meta = json.loads(options[b"--META"]) if b"--META" in options else None
+        store.add(vector, command[-1], meta, id=int(options[b"--ID"]))
+    return store
+
+
+def assert_same_store(a: VectorStore, b: VectorStore):
+    assert a.digest() == b.digest()
+    assert a.peek_id() == b.peek_id() and a._next_id == b._next_id
+    assert sorted(a._data) == sorted(b._data)
+    for id in a._data:
+        (data_a, vector_a, meta_a), (data_b, vector_b, meta_b) = a.get(id), b.get(id)
+        assert (data_a, meta_a) == (data_b, meta_b)
+        assert vector_a.tobytes() == vector_b.tobytes()
+    for query in random_vectors(20, 6, seed=32) - 0.5:
+        assert a.knn(query, 10, ef=1000) == b.knn(query, 10, ef=1000)
+        assert a.knn(query, 5, where={"odd": True}) == b.knn(query, 5, where={"odd": True})
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_aof_replay_reproduces_the_store_and_its_id_counter(metric):
+    store = replayable_store(metric)
+    commands = list(store.aof_commands(b"key"))
+    rebuilt = parse_and_replay(commands)
+    assert_same_store(rebuilt, store)
+    # A rewrite of the replay: the same commands, the same store.
+    assert list(rebuilt.aof_commands(b"key")) == commands
+    twice = parse_and_replay(rebuilt.aof_commands(b"key"))
+    assert_same_store(twice, store)
+    # And the same future ids.
+    for id in sorted(store._data)[::7]:
+        for s in (store, rebuilt, twice):
+            s.remove(id)
+        assert store.peek_id() == rebuilt.peek_id() == twice.peek_id()
+        new = [s.add(vec(1, 2, 3, 4, 5, 6), b"new") for s in (store, rebuilt, twice)]
+        assert new[0] == new[1] == new[2]
+
+
+def test_aof_replay_restarts_the_counter_at_a_removed_id_below_it():
+    # Only adds are replayed: they cannot move the counter past an id that
+    # is not live. The replay resumes there, and a rewrite of it is stable.
+    store = replayable_store("l2")
+    assert store.remove(40) and store.remove(50)
+    assert store.peek_id() > 150
+    commands = list(store.aof_commands(b"key"))
+    rebuilt = parse_and_replay(commands)
+    assert rebuilt.digest() == store.digest()
+    assert rebuilt.peek_id() == 40
+    assert list(rebuilt.aof_commands(b"key")) == commands
+    assert parse_and_replay(commands).peek_id() == 40
 
 
 def test_aof_commands_of_a_store_without_llm_or_items():

@@ -6,7 +6,6 @@ notifications. Each error case also checks that nothing changed.
 """
 
 import json
-import math
 import re
 import socket
 import time
