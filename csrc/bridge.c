@@ -111,28 +111,44 @@ static void type_rdb_save(RedisModuleIO *rdb, void *value) {
     gil_unlock(gil);
 }
 
+/* Chunks reach Python as memoryviews over Redis' own buffers: a vector store
+ * is mostly a few big arrays, and copying them again costs as much as the
+ * load itself. A buffer is freed only once its view is released, which
+ * fails (and the buffer is kept) if the loader still holds it. */
+static void release_chunks(PyObject *chunks) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(chunks); i++) {
+        PyObject *view = PyList_GET_ITEM(chunks, i);
+        void *buf = PyMemoryView_GET_BUFFER(view)->buf;
+        PyObject *done = PyObject_CallMethod(view, "release", NULL);
+        if (done) RedisModule_Free(buf);
+        else shim_log_python_error("an RDB chunk is still referenced, keeping it");
+        Py_XDECREF(done);
+    }
+}
+
 static void *type_rdb_load(RedisModuleIO *rdb, int encver) {
     uint64_t n = RedisModule_LoadUnsigned(rdb);
     if (RedisModule_IsIOError(rdb)) return NULL;
     PyGILState_STATE gil = gil_lock();
     PyObject *chunks = PyList_New(0);
-    for (uint64_t i = 0; chunks && i < n; i++) {
+    int ok = chunks != NULL;
+    for (uint64_t i = 0; ok && i < n; i++) {
         size_t len;
         char *buf = RedisModule_LoadStringBuffer(rdb, &len);
-        if (!buf || RedisModule_IsIOError(rdb)) {
-            if (buf) RedisModule_Free(buf);
-            Py_CLEAR(chunks);
-            break;
+        ok = buf && !RedisModule_IsIOError(rdb);
+        PyObject *view = ok ? PyMemoryView_FromMemory(buf, len, PyBUF_READ) : NULL;
+        if (view && PyList_Append(chunks, view) == 0) {
+            Py_DECREF(view);
+            continue;
         }
-        PyObject *chunk = PyBytes_FromStringAndSize(buf, len);
-        RedisModule_Free(buf);
-        if (!chunk || PyList_Append(chunks, chunk) < 0) Py_CLEAR(chunks);
-        Py_XDECREF(chunk);
+        Py_XDECREF(view);
+        if (buf) RedisModule_Free(buf);
+        ok = 0;
     }
-    if (!chunks) PyErr_Clear();
-    PyObject *value = chunks ? PyObject_CallMethod(shim_bridge, "restore", "iO", encver, chunks)
-                             : NULL;
-    if (!value && chunks) shim_log_python_error("cannot load a value from RDB");
+    PyObject *value = ok ? PyObject_CallMethod(shim_bridge, "restore", "iO", encver, chunks) : NULL;
+    if (!value && ok) shim_log_python_error("cannot load a value from RDB");
+    PyErr_Clear(); /* drops a traceback that may still reference the chunks */
+    if (chunks) release_chunks(chunks);
     Py_XDECREF(chunks);
     gil_unlock(gil);
     return value;

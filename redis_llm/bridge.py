@@ -54,9 +54,9 @@ def dispatch(ctx: int, argv: tuple[bytes, ...]):
         return LLMError(f"internal error ({type(exc).__name__}), see the server log")
 
 
-def restore(encver: int, chunks: list[bytes]):
+def restore(encver: int, chunks: list[memoryview]):
     """Rebuild a value from the chunks its ``dump()`` wrote to RDB."""
-    cls = _BY_TAG.get(chunks[0] if chunks else None)
+    cls = _BY_TAG.get(bytes(chunks[0]) if chunks else None)
     if cls is None:
         raise ValueError("unknown redis-llm value in RDB")
     return cls.restore(encver, chunks)

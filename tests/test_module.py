@@ -19,7 +19,6 @@ import redis
 import redis_llm
 from redis_llm.testing import RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = {"llm.create-vector-store", "llm.add", "llm.get", "llm.rem", "llm.size", "llm.knn"}
 
 
@@ -92,9 +91,12 @@ def test_module_list_shows_llm_with_its_path_and_args(r):
     assert module[b"args"] == [b"DEBUG_COMMANDS", b"yes"]
 
 
-def test_cli_module_path_prints_existing_absolute_library_path():
-    out = subprocess.run([sys.executable, "-m", "redis_llm.cli", "module-path"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+def test_cli_module_path_prints_existing_absolute_library_path(tmp_path):
+    # The same redis_llm as this process imported: the installed package, or
+    # the source tree under `python -m pytest`.
+    env = {**os.environ, "PYTHONPATH": str(Path(redis_llm.__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, "-m", "redis_llm.cli", "module-path"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     path = out.stdout.strip()
     assert out.stdout.count("\n") == 1
