@@ -794,7 +794,7 @@ def test_flushall_async_frees_big_stores_on_the_lazy_free_thread(make_server):
     srv = make_server()
     client = srv.client()
     rss = []
-    for cycle in range(3):
+    for cycle in range(4):
         _big_store(client, b"big:1")
         _big_store(client, b"big:2", count=1_000)
         client.set(b"plain", b"x" * 1000)
@@ -816,8 +816,10 @@ def test_flushall_async_frees_big_stores_on_the_lazy_free_thread(make_server):
         assert srv.alive() and client.ping()
         assert client.dbsize() == 1 and client.execute_command("LLM.SIZE", b"big:1") == 100
         rss.append(_rss(client))
-    # Freed stores give their memory back for reuse: a leak would add ~usage per cycle.
-    assert rss[2] - rss[0] < 0.5 * usage, (rss, usage)
+    # Freed stores give their memory back for reuse: a leak would add ~usage per
+    # cycle. The first cycle warms malloc's arenas (the lazy-free thread gets
+    # its own), so growth is judged from the second on.
+    assert rss[3] - rss[1] < 0.5 * usage, (rss, usage)
     assert_log_clean(srv)
 
 
@@ -826,7 +828,7 @@ def test_unlink_and_del_free_stores_and_the_key_is_reusable(make_server):
     client = srv.client()
     model = fill(client)
     rss = []
-    for cycle in range(3):
+    for cycle in range(4):
         _big_store(client, b"big")
         usage = client.memory_usage(b"big")
         assert client.unlink(b"big") == 1
@@ -834,7 +836,7 @@ def test_unlink_and_del_free_stores_and_the_key_is_reusable(make_server):
         assert client.execute_command("LLM.SIZE", b"big") == 0
         wait_for(lambda: _lazyfree(client)[0] == 0, 20, "pending lazy frees")
         rss.append(_rss(client))
-    assert rss[2] - rss[0] < 0.5 * usage, (rss, usage)
+    assert rss[3] - rss[1] < 0.5 * usage, (rss, usage)   # cycle 0 warms malloc's arenas
 
     assert client.delete(b"vs:l2") == 1
     assert client.exists(b"vs:l2") == 0
