@@ -75,12 +75,13 @@ def add(ctx: int, args: Args):
         raise LLMError(f"no vector store at key {shown(args.key)}")
     vector = _query_vector(store, args, what="data")
     item_id = args.id if args.id is not None else store.peek_id()
-    store.add(vector, args.data, args.meta, item_id)
     # Replicas and the AOF get the resolved id and embedding, never a request
-    # they would have to compute again.
+    # they would have to compute again. Built first: nothing may fail after
+    # the store has changed.
     command = [args.key, b"--ID", b"%d" % item_id, b"--EMBEDDING-BLOB", vector.astype("<f4").tobytes()]
     if args.meta is not None:
         command += [b"--META", _dump_json(args.meta)]
+    store.add(vector, args.data, args.meta, item_id)
     keys.replicate(ctx, b"LLM.ADD", command + [args.data])
     keys.notify(ctx, b"llm.add", args.key)
     return item_id
