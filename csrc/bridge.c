@@ -67,7 +67,7 @@ static int run_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) 
                            ? PyObject_Vectorcall(dispatch, args, 2, NULL)
                            : NULL;
     if (result) {
-        reply(ctx, result);
+        if (result != Py_Ellipsis) reply(ctx, result); /* Ellipsis: a worker will reply */
         Py_DECREF(result);
     } else {
         shim_log_python_error("command failed");
@@ -323,6 +323,63 @@ static PyObject *py_replicate_verbatim(PyObject *self, PyObject *ctx) {
     Py_RETURN_NONE;
 }
 
+/* ---- blocked clients: slow work runs on Python worker threads ----------- */
+
+/* The reply of a blocked client, on Redis' main thread: the worker's result
+ * is a callable that finishes the command (applies its writes, replicates
+ * them) and returns the reply. */
+static int blocked_reply(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+    PyGILState_STATE gil = gil_lock();
+    PyObject *finish = RedisModule_GetBlockedClientPrivateData(ctx);
+    PyObject *result = PyObject_CallMethod(shim_bridge, "finish", "NO", PyLong_FromVoidPtr(ctx),
+                                           finish);
+    if (result) {
+        reply(ctx, result);
+        Py_DECREF(result);
+    } else {
+        shim_log_python_error("a blocked command failed");
+        RedisModule_ReplyWithError(ctx, "ERR internal error, see the server log");
+    }
+    gil_unlock(gil);
+    return RM_OK;
+}
+
+/* The seed's semantics: a command that misses its --TIMEOUT replies nil. */
+static int blocked_timeout(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+    return RedisModule_ReplyWithNull(ctx);
+}
+
+/* Runs once per blocked client (after its reply, timeout or disconnect). */
+static void blocked_free(RedisModuleCtx *ctx, void *finish) {
+    if (!finish) return;
+    PyGILState_STATE gil = gil_lock();
+    Py_DECREF((PyObject *)finish);
+    gil_unlock(gil);
+}
+
+/* block(ctx, timeout_ms) -> handle: the client waits for unblock(handle). */
+static PyObject *py_block(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) return PyErr_Format(PyExc_TypeError, "block(ctx, timeout_ms)");
+    long long timeout = PyLong_AsLongLong(args[1]);
+    if (timeout == -1 && PyErr_Occurred()) return NULL;
+    RedisModuleBlockedClient *bc = RedisModule_BlockClient(
+        ctx_arg(args[0]), blocked_reply, blocked_timeout, blocked_free, timeout);
+    if (!bc) return PyErr_Format(PyExc_RuntimeError, "cannot block this client");
+    RedisModule_BlockedClientMeasureTimeStart(bc);
+    return PyLong_FromVoidPtr(bc);
+}
+
+/* unblock(handle, finish): from any thread, exactly once per handle. */
+static PyObject *py_unblock(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) return PyErr_Format(PyExc_TypeError, "unblock(handle, finish)");
+    RedisModuleBlockedClient *bc = PyLong_AsVoidPtr(args[0]);
+    if (!bc) return NULL;
+    Py_INCREF(args[1]);
+    RedisModule_BlockedClientMeasureTimeEnd(bc);
+    RedisModule_UnblockClient(bc, args[1]);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_context_flags(PyObject *self, PyObject *ctx) {
     return PyLong_FromLong(RedisModule_GetContextFlags(ctx_arg(ctx)));
 }
@@ -344,6 +401,8 @@ static PyMethodDef shim_methods[] = {
     {"replicate", (PyCFunction)(void (*)(void))py_replicate, METH_FASTCALL, NULL},
     {"replicate_verbatim", py_replicate_verbatim, METH_O, NULL},
     {"context_flags", py_context_flags, METH_O, NULL},
+    {"block", (PyCFunction)(void (*)(void))py_block, METH_FASTCALL, NULL},
+    {"unblock", (PyCFunction)(void (*)(void))py_unblock, METH_FASTCALL, NULL},
     {"log", (PyCFunction)(void (*)(void))py_log, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };

@@ -26,8 +26,10 @@ typedef struct RedisModuleIO RedisModuleIO;
 typedef struct RedisModuleType RedisModuleType;
 typedef struct RedisModuleDigest RedisModuleDigest;
 typedef struct RedisModuleCommand RedisModuleCommand;
+typedef struct RedisModuleBlockedClient RedisModuleBlockedClient;
 
 typedef int (*RedisModuleCmdFunc)(RedisModuleCtx *, RedisModuleString **, int);
+typedef void (*RedisModuleFreePrivDataFunc)(RedisModuleCtx *, void *privdata);
 
 typedef struct {
     uint64_t version;
@@ -137,6 +139,13 @@ typedef struct {
     X(void, EmitAOF, (RedisModuleIO *, const char *cmd, const char *fmt, ...))                     \
     X(void, DigestAddStringBuffer, (RedisModuleDigest *, const char *buf, size_t len))             \
     X(void, DigestEndSequence, (RedisModuleDigest *))                                              \
+    X(RedisModuleBlockedClient *, BlockClient,                                                     \
+      (RedisModuleCtx *, RedisModuleCmdFunc reply, RedisModuleCmdFunc timeout,                     \
+       RedisModuleFreePrivDataFunc free_privdata, long long timeout_ms))                           \
+    X(int, UnblockClient, (RedisModuleBlockedClient *, void *privdata))                            \
+    X(void *, GetBlockedClientPrivateData, (RedisModuleCtx *))                                     \
+    X(int, BlockedClientMeasureTimeStart, (RedisModuleBlockedClient *))                            \
+    X(int, BlockedClientMeasureTimeEnd, (RedisModuleBlockedClient *))                              \
     X(void, Free, (void *))
 
 #define RM_DECLARE(ret, name, args) extern ret(*RedisModule_##name) args;

@@ -10,7 +10,7 @@ import sys
 import traceback
 from types import SimpleNamespace
 
-from redis_llm import keys
+from redis_llm import keys, pool
 from redis_llm.commands import COMMANDS, COMMANDS_BY_NAME
 from redis_llm.config import ModuleConfig
 from redis_llm.errors import LLMError
@@ -36,6 +36,7 @@ def load(module_path: str, args: list[bytes]) -> SimpleNamespace:
     # command on Redis' main thread gets it.
     sys.setswitchinterval(0.001)
     keys.TYPE_INDEX.update({cls: i for i, (cls, _, _) in enumerate(DATA_TYPES)})
+    pool.workers = pool.WorkerPool(config.pool_size, config.queue_size)
     return SimpleNamespace(
         types=[(name, encver) for _, name, encver in DATA_TYPES],
         commands=[c.registration() for c in COMMANDS if config.debug_commands or not c.debug],
@@ -43,15 +44,29 @@ def load(module_path: str, args: list[bytes]) -> SimpleNamespace:
 
 
 def dispatch(ctx: int, argv: tuple[bytes, ...]):
-    """Run one LLM.* command; the one place where exceptions become error replies."""
+    """Run one LLM.* command; returns its reply, or keys.BLOCKED when a worker will."""
     try:
         command = COMMANDS_BY_NAME[argv[0].lower()]
         return command.handler(ctx, command.syntax.parse(argv[1:]))
-    except LLMError as exc:
+    except Exception as exc:
+        return error_reply(exc, argv[0])
+
+
+def finish(ctx: int, finish):
+    """Complete a blocked command on Redis' main thread (see redis_llm.pool)."""
+    try:
+        return finish(ctx)
+    except Exception as exc:
+        return error_reply(exc, b"a blocked command")
+
+
+def error_reply(exc: Exception, what: bytes) -> LLMError:
+    """The one place where exceptions become error replies."""
+    if isinstance(exc, LLMError):
         return exc
-    except Exception as exc:  # a bug: keep the server up and say where to look
-        keys.log("warning", f"{argv[0].decode(errors='replace')} failed:\n{traceback.format_exc()}")
-        return LLMError(f"internal error ({type(exc).__name__}), see the server log")
+    # A bug: keep the server up and say where to look.
+    keys.log("warning", f"{what.decode(errors='replace')} failed:\n{traceback.format_exc()}")
+    return LLMError(f"internal error ({type(exc).__name__}), see the server log")
 
 
 def restore(encver: int, chunks: list[memoryview]):

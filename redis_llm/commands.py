@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from redis_llm import keys
+from redis_llm import keys, pool
 from redis_llm.errors import LLMError
-from redis_llm.parsing import (Args, Option, Syntax, choice, embedding_blob, embedding_text,
+from redis_llm.parsing import (Args, Option, Syntax, choice, decimal, embedding_blob, embedding_text,
                                format_distance, format_vector, integer, json_object, json_value,
                                shown, uint64)
 from redis_llm.store import StoreParams, VectorStore
@@ -148,10 +148,17 @@ def _dump_json(value) -> bytes:
 # ---- debugging (tests only) -------------------------------------------------
 
 def debug(ctx: int, args: Args):
-    """LLM.DEBUG SPIN --THREADS n --SECONDS s: keep Python threads busy in the
-    interpreter. LLM.DEBUG RAISE: fail with an unexpected exception."""
+    """Testing aids. SPIN: keep --THREADS Python threads busy in the interpreter
+    for --SECONDS. SLEEP: block this client while a worker sleeps --SECONDS
+    (--TIMEOUT ms gives nil at the deadline). RAISE: fail unexpectedly."""
     if args.subcommand == "raise":
         raise RuntimeError("LLM.DEBUG RAISE")
+    if args.subcommand == "sleep":
+        def job():
+            time.sleep(args.seconds)
+            return lambda ctx: "OK"
+        pool.workers.run(ctx, job, args.timeout)
+        return keys.BLOCKED
     deadline = time.monotonic() + args.seconds
 
     def spin():
@@ -196,10 +203,12 @@ COMMANDS = [
                    exclusive=[("--EMBEDDING", "--EMBEDDING-BLOB")]),
             "Find the K items nearest to an embedding", complexity="O(log N)"),
     Command("LLM.DEBUG", debug, "admin", -2, (),
-            Syntax((("subcommand", choice("spin", "raise")),),
+            Syntax((("subcommand", choice("spin", "sleep", "raise")),),
                    [Option("--THREADS", integer(1, 64), default=1),
-                    Option("--SECONDS", integer(0, 3600), default=1)]),
-            "Testing aids: SPIN --THREADS n --SECONDS s | RAISE", debug=True),
+                    Option("--SECONDS", decimal(0, 3600), default=1),
+                    Option("--TIMEOUT", integer(0, 2**31 - 1), default=0)]),
+            "Testing aids: SPIN --THREADS n --SECONDS s | SLEEP --SECONDS s [--TIMEOUT ms] | RAISE",
+            debug=True),
 ]
 
 COMMANDS_BY_NAME = {command.name.lower().encode(): command for command in COMMANDS}

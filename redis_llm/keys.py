@@ -44,6 +44,25 @@ def replicate_verbatim(ctx: int) -> None:
     shim.replicate_verbatim(ctx)
 
 
+def context_flags(ctx: int) -> int:
+    """RedisModule_GetContextFlags: MULTI, Lua, replica, loading, ..."""
+    return shim.context_flags(ctx)
+
+
+# What a handler returns when its client is blocked: the reply comes later.
+BLOCKED = Ellipsis
+
+
+def block(ctx: int, timeout_ms: int) -> int:
+    """Block the client running this command; returns the handle for unblock()."""
+    return shim.block(ctx, timeout_ms)
+
+
+def unblock(handle: int, finish) -> None:
+    """From any thread: Redis' main thread will run ``finish(ctx)`` for the reply."""
+    shim.unblock(handle, finish)
+
+
 def log(level: str, message: str) -> None:
     """Write to the Redis log; level is debug, verbose, notice or warning."""
     shim.log(level, message)

@@ -138,6 +138,17 @@ def integer(low: int, high: int) -> Converter:
 
 uint64 = integer(0, 2**64 - 1)
 
+_DECIMAL = re.compile(rb"[0-9]+(\.[0-9]+)?\Z")
+
+
+def decimal(low: float, high: float) -> Converter:
+    """A non-negative decimal number from ``low`` to ``high``, e.g. ``0.25``."""
+    def convert(arg: bytes) -> float:
+        if not _DECIMAL.match(arg) or not low <= (value := float(arg)) <= high:
+            raise ValueError(f"must be a number from {low:g} to {high:g}, got {shown(arg)}")
+        return value
+    return convert
+
 
 def json_value(arg: bytes) -> Any:
     """Any JSON document, nested at most 64 levels deep."""

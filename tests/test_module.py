@@ -315,11 +315,13 @@ def test_arity_errors_come_from_redis_before_the_module_runs(r, args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("LLM.DEBUG", "FOO"), "ERR subcommand must be one of spin, raise, got 'FOO'"),
+    (("LLM.DEBUG", "FOO"), "ERR subcommand must be one of spin, sleep, raise, got 'FOO'"),
     (("LLM.DEBUG", "SPIN", "--THREADS", 0), "ERR --THREADS must be an integer from 1 to 64, got '0'"),
     (("LLM.DEBUG", "SPIN", "--THREADS", 65), "ERR --THREADS must be an integer from 1 to 64, got '65'"),
-    (("LLM.DEBUG", "SPIN", "--SECONDS", 3601), "ERR --SECONDS must be an integer from 0 to 3600, got '3601'"),
-    (("LLM.DEBUG", "SPIN", "--SECONDS", "x"), "ERR --SECONDS must be an integer from 0 to 3600, got 'x'"),
+    (("LLM.DEBUG", "SPIN", "--SECONDS", 3601), "ERR --SECONDS must be a number from 0 to 3600, got '3601'"),
+    (("LLM.DEBUG", "SPIN", "--SECONDS", "x"), "ERR --SECONDS must be a number from 0 to 3600, got 'x'"),
+    (("LLM.DEBUG", "SLEEP", "--SECONDS", "-1"), "ERR --SECONDS must be a number from 0 to 3600, got '-1'"),
+    (("LLM.DEBUG", "SLEEP", "--TIMEOUT", "-5"), "ERR --TIMEOUT must be an integer from 0 to 2147483647, got '-5'"),
     (("LLM.DEBUG", "SPIN", "1", "2"), "ERR syntax error at '1'"),
 ])
 def test_llm_debug_bad_arguments(r, args, message):

@@ -1,0 +1,78 @@
+"""The worker pool: slow work runs here while its client waits, blocked.
+
+A command that needs slow work (an HTTP call, a local model, an embedding)
+blocks its client and submits a job; a worker runs the job with the GIL free
+for I/O and native code, then unblocks the client with a ``finish`` callable
+that Redis' main thread runs to apply the job's writes and build the reply.
+Redis itself never waits for a job.
+"""
+
+import queue
+import threading
+from typing import Callable
+
+from redis_llm import keys
+from redis_llm.errors import LLMError
+
+# Context flags of the module API: where a client cannot be blocked.
+_CTX_LUA, _CTX_MULTI, _CTX_DENY_BLOCKING = 1 << 0, 1 << 1, 1 << 21
+
+Finish = Callable[[int], object]
+
+
+class WorkerPool:
+    """``size`` threads taking jobs from a queue of at most ``queue_size``."""
+
+    def __init__(self, size: int, queue_size: int):
+        self.size = size
+        self._jobs: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def run(self, ctx: int, job: Callable[[], Finish], timeout_ms: int = 0) -> None:
+        """Block the calling client and run ``job`` on a worker.
+
+        ``job()`` returns ``finish(ctx) -> reply``, which runs on Redis' main
+        thread; an exception from either becomes an error reply. With
+        ``timeout_ms`` the client gets nil at the deadline (the job goes on).
+        Raises LLMError at once inside MULTI/EXEC or a script, or when the
+        queue is full; the client is then not blocked.
+        """
+        if keys.context_flags(ctx) & (_CTX_LUA | _CTX_MULTI | _CTX_DENY_BLOCKING):
+            raise LLMError("this command waits for slow work and cannot run inside "
+                           "MULTI/EXEC or a script")
+        self._start()
+        if self._jobs.full():
+            raise LLMError(f"the worker queue is full ({self._jobs.maxsize} jobs waiting); retry later")
+        handle = keys.block(ctx, timeout_ms)
+        # Only this (main) thread adds jobs, so the check above holds.
+        self._jobs.put_nowait((handle, job))
+
+    def _start(self) -> None:
+        if len(self._threads) == self.size:
+            return
+        with self._lock:
+            while len(self._threads) < self.size:
+                thread = threading.Thread(target=self._work, name=f"llm-worker-{len(self._threads)}",
+                                          daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _work(self) -> None:
+        while True:
+            handle, job = self._jobs.get()
+            try:
+                finish = job()
+            except Exception as exc:
+                finish = _failed(exc)
+            keys.unblock(handle, finish)
+
+
+# The module's pool, made by bridge.load from POOL_SIZE and QUEUE_SIZE.
+workers: WorkerPool | None = None
+
+
+def _failed(error: Exception) -> Finish:
+    def finish(ctx: int):
+        raise error  # bridge.finish turns it into the error reply
+    return finish
