@@ -51,6 +51,18 @@ static void reply(RedisModuleCtx *ctx, PyObject *value) {
     PyErr_Clear();
 }
 
+/* Send what Python returned; NULL (a Python exception escaped the bridge's
+ * own handling) is logged and answered with a generic error. */
+static void send_result(RedisModuleCtx *ctx, PyObject *result, const char *where) {
+    if (result) {
+        if (result != Py_Ellipsis) reply(ctx, result); /* Ellipsis: a worker will reply */
+        Py_DECREF(result);
+    } else {
+        shim_log_python_error(where);
+        RedisModule_ReplyWithError(ctx, "ERR internal error, see the server log");
+    }
+}
+
 /* ---- the command trampoline -------------------------------------------- */
 
 static int run_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
@@ -66,13 +78,7 @@ static int run_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) 
     PyObject *result = dispatch && args[0] && args[1] && !PyErr_Occurred()
                            ? PyObject_Vectorcall(dispatch, args, 2, NULL)
                            : NULL;
-    if (result) {
-        if (result != Py_Ellipsis) reply(ctx, result); /* Ellipsis: a worker will reply */
-        Py_DECREF(result);
-    } else {
-        shim_log_python_error("command failed");
-        RedisModule_ReplyWithError(ctx, "ERR internal error, see the server log");
-    }
+    send_result(ctx, result, "command failed");
     Py_XDECREF(args[0]);
     Py_XDECREF(args[1]);
     gil_unlock(gil);
@@ -333,13 +339,7 @@ static int blocked_reply(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
     PyObject *finish = RedisModule_GetBlockedClientPrivateData(ctx);
     PyObject *result = PyObject_CallMethod(shim_bridge, "finish", "NO", PyLong_FromVoidPtr(ctx),
                                            finish);
-    if (result) {
-        reply(ctx, result);
-        Py_DECREF(result);
-    } else {
-        shim_log_python_error("a blocked command failed");
-        RedisModule_ReplyWithError(ctx, "ERR internal error, see the server log");
-    }
+    send_result(ctx, result, "a blocked command failed");
     gil_unlock(gil);
     return RM_OK;
 }

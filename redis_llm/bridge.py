@@ -2,8 +2,9 @@
 
 ``load`` reads the module arguments and returns the data types and commands
 to register; ``dispatch`` runs one command and returns its reply as Python
-values (bytes, int, float, str for a status, list, None, or an LLMError for
-an error reply); ``restore`` rebuilds a value saved in an RDB file.
+values (bytes, int, float, str for a status, list, None, an LLMError for an
+error reply, or keys.BLOCKED when a worker will reply); ``finish`` completes
+a blocked command; ``restore`` rebuilds a value saved in an RDB file.
 """
 
 import sys
@@ -52,10 +53,11 @@ def dispatch(ctx: int, argv: tuple[bytes, ...]):
         return error_reply(exc, argv[0])
 
 
-def finish(ctx: int, finish):
-    """Complete a blocked command on Redis' main thread (see redis_llm.pool)."""
+def finish(ctx: int, done):
+    """Complete a blocked command on Redis' main thread: ``done`` is the
+    callable its job returned (see redis_llm.pool)."""
     try:
-        return finish(ctx)
+        return done(ctx)
     except Exception as exc:
         return error_reply(exc, b"a blocked command")
 

@@ -27,7 +27,6 @@ class WorkerPool:
         self.size = size
         self._jobs: queue.Queue = queue.Queue(maxsize=queue_size)
         self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
 
     def run(self, ctx: int, job: Callable[[], Finish], timeout_ms: int = 0) -> None:
         """Block the calling client and run ``job`` on a worker.
@@ -49,14 +48,12 @@ class WorkerPool:
         self._jobs.put_nowait((handle, job))
 
     def _start(self) -> None:
-        if len(self._threads) == self.size:
-            return
-        with self._lock:
-            while len(self._threads) < self.size:
-                thread = threading.Thread(target=self._work, name=f"llm-worker-{len(self._threads)}",
-                                          daemon=True)
-                thread.start()
-                self._threads.append(thread)
+        # Only Redis' main thread calls run(), so no lock is needed here.
+        while len(self._threads) < self.size:
+            thread = threading.Thread(target=self._work, name=f"llm-worker-{len(self._threads)}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def _work(self) -> None:
         while True:
