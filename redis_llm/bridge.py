@@ -3,23 +3,28 @@
 ``load`` reads the module arguments and returns the data types and commands
 to register; ``dispatch`` runs one command and returns its reply as Python
 values (bytes, int, float, str for a status, list, None, an LLMError for an
-error reply, or keys.BLOCKED when a worker will reply); ``finish`` completes
-a blocked command; ``restore`` rebuilds a value saved in an RDB file.
+error reply, or keys.BLOCKED when a worker will reply); ``restore`` rebuilds
+a value saved in an RDB file.
 """
 
 import sys
-import traceback
 from types import SimpleNamespace
 
 from redis_llm import keys, pool
+from redis_llm.apps import ENCODING_VERSION as APP_ENCODING
+from redis_llm.apps import App
 from redis_llm.commands import COMMANDS, COMMANDS_BY_NAME
 from redis_llm.config import ModuleConfig
-from redis_llm.errors import LLMError
-from redis_llm.store import ENCODING_VERSION as STORE_ENCODING, VectorStore
+from redis_llm.errors import LLMError, error_reply
+from redis_llm.providers import ENCODING_VERSION as LLM_ENCODING
+from redis_llm.providers import LLMModel
+from redis_llm.store import ENCODING_VERSION as STORE_ENCODING
+from redis_llm.store import VectorStore
 
 # Module data types: (class, 9-character Redis type name, encoding version).
 # Their order is the shim's type table: never reorder, only append.
-DATA_TYPES = [(VectorStore, "llm-store", STORE_ENCODING)]
+DATA_TYPES = [(VectorStore, "llm-store", STORE_ENCODING), (LLMModel, "llm-model", LLM_ENCODING),
+              (App, "llm-appli", APP_ENCODING)]
 _BY_TAG = {cls.type_tag: cls for cls, _, _ in DATA_TYPES}
 
 config = ModuleConfig()
@@ -50,25 +55,7 @@ def dispatch(ctx: int, argv: tuple[bytes, ...]):
         command = COMMANDS_BY_NAME[argv[0].lower()]
         return command.handler(ctx, command.syntax.parse(argv[1:]))
     except Exception as exc:
-        return error_reply(exc, argv[0])
-
-
-def finish(ctx: int, done):
-    """Complete a blocked command on Redis' main thread: ``done`` is the
-    callable its job returned (see redis_llm.pool)."""
-    try:
-        return done(ctx)
-    except Exception as exc:
-        return error_reply(exc, b"a blocked command")
-
-
-def error_reply(exc: Exception, what: bytes) -> LLMError:
-    """The one place where exceptions become error replies."""
-    if isinstance(exc, LLMError):
-        return exc
-    # A bug: keep the server up and say where to look.
-    keys.log("warning", f"{what.decode(errors='replace')} failed:\n{traceback.format_exc()}")
-    return LLMError(f"internal error ({type(exc).__name__}), see the server log")
+        return error_reply(exc, argv[0].decode(errors="replace"))
 
 
 def restore(encver: int, chunks: list[memoryview]):

@@ -13,11 +13,35 @@ from dataclasses import dataclass
 from typing import Callable
 
 from redis_llm import keys, pool
+from redis_llm.apps import (
+    App,
+    chat_log_command,
+    conversation_text,
+    parse_messages,
+)
 from redis_llm.errors import LLMError
-from redis_llm.parsing import (Args, Option, Syntax, choice, decimal, embedding_blob, embedding_text,
-                               format_distance, format_vector, integer, json_object, json_value,
-                               shown, uint64)
+from redis_llm.parsing import (
+    Args,
+    Option,
+    Syntax,
+    choice,
+    decimal,
+    embedding_blob,
+    embedding_text,
+    format_distance,
+    format_vector,
+    integer,
+    json_object,
+    json_value,
+    shown,
+    uint64,
+)
+from redis_llm.providers import TYPES as LLM_TYPES
+from redis_llm.providers import LLMModel
 from redis_llm.store import StoreParams, VectorStore
+
+# Context flags: a command replayed from the AOF or sent by a master.
+_CTX_REPLICATED, _CTX_LOADING = 1 << 12, 1 << 13
 
 # Key-spec flags of the module API (RedisModule_SetCommandInfo).
 KEY_RO, KEY_RW, KEY_OW, KEY_RM = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -70,10 +94,28 @@ def create_vector_store(ctx: int, args: Args):
 
 
 def add(ctx: int, args: Args):
-    store = keys.read(ctx, args.key, VectorStore)
+    store = _store(ctx, args.key)
+    vector = _given_vector(args)
+    if vector is not None:
+        return _add_item(ctx, store, args, vector)
+    embedder = _embedder(ctx, store, None, "data")
+    text = _text(args.data)
+
+    def job(locked):
+        vector = embedder.embed([text])[0]
+        return locked(lambda ctx: _add_item(ctx, _store(ctx, args.key), args, vector))
+    pool.workers.run(ctx, job, args.timeout)
+    return keys.BLOCKED
+
+
+def _store(ctx: int, key: bytes) -> VectorStore:
+    store = keys.read(ctx, key, VectorStore)
     if store is None:
-        raise LLMError(f"no vector store at key {shown(args.key)}")
-    vector = _query_vector(store, args, what="data")
+        raise LLMError(f"no vector store at key {shown(key)}")
+    return store
+
+
+def _add_item(ctx: int, store: VectorStore, args: Args, vector) -> int:
     item_id = args.id if args.id is not None else store.peek_id()
     # Replicas and the AOF get the resolved id and embedding, never a request
     # they would have to compute again. Built first: nothing may fail after
@@ -115,9 +157,28 @@ def size(ctx: int, args: Args):
 
 def knn(ctx: int, args: Args):
     store = keys.read(ctx, args.key, VectorStore)
+    vector = _given_vector(args)
+    if vector is None and args.query is None:
+        raise LLMError("give --EMBEDDING, --EMBEDDING-BLOB or a query text")
     if store is None or not len(store):
         return []
-    vector = _query_vector(store, args, what="query")
+    if vector is not None:
+        return _knn_reply(store, args, vector)
+    embedder = _embedder(ctx, store, None, "query")
+    text = _text(args.query)
+
+    def job(locked):
+        vector = embedder.embed([text])[0]
+
+        def search(ctx):
+            store = keys.read(ctx, args.key, VectorStore)
+            return _knn_reply(store, args, vector) if store is not None and len(store) else []
+        return locked(search)
+    pool.workers.run(ctx, job, args.timeout)
+    return keys.BLOCKED
+
+
+def _knn_reply(store: VectorStore, args: Args, vector) -> list:
     neighbours = store.knn(vector, args.k, ef=args.ef, where=args.filter)
     if not args.withdata:
         return [[item_id, format_distance(distance)] for item_id, distance in neighbours]
@@ -129,20 +190,238 @@ def knn(ctx: int, args: Args):
     return reply
 
 
-def _query_vector(store: VectorStore, args: Args, what: str):
-    vector = args.embedding if args.embedding is not None else args.embedding_blob
-    if vector is not None:
-        return vector
-    if what == "query" and args.query is None:
-        raise LLMError("give --EMBEDDING, --EMBEDDING-BLOB or a query text")
-    if store.llm is None:
+def _given_vector(args: Args):
+    return args.embedding if args.embedding is not None else args.embedding_blob
+
+
+def _embedder(ctx: int, store: VectorStore, app_llm: bytes | None, what: str):
+    """The provider that embeds text for ``store``: the store's own LLM, else
+    the app's, so that queries and items share one embedding space."""
+    llm = store.llm if store.llm is not None else app_llm
+    if llm is None:
         raise LLMError(f"no --EMBEDDING given and the vector store has no LLM to embed the {what}")
-    raise LLMError(f"no --EMBEDDING given: embedding the {what} with LLM "
-                   f"{shown(store.llm)} is not supported yet")
+    return keys.read_referenced(ctx, llm, LLMModel, "an LLM").provider()
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
 
 
 def _dump_json(value) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# ---- LLMs -------------------------------------------------------------------
+
+def create_llm(ctx: int, args: Args):
+    # A replica or an AOF replay must take what the master took, even when
+    # its model files or packages differ.
+    trusted = keys.context_flags(ctx) & (_CTX_REPLICATED | _CTX_LOADING)
+    model = LLMModel(args.type or "openai", args.params or {}, check_files=not trusted)
+    return _create(ctx, args, LLMModel, model, b"llm.create-llm")
+
+
+def _create(ctx: int, args: Args, cls: type, value, event: bytes) -> int:
+    existing = keys.read(ctx, args.key, cls)
+    if (args.nx and existing is not None) or (args.xx and existing is None):
+        return 0
+    keys.write(ctx, args.key, value)
+    keys.replicate_verbatim(ctx)
+    keys.notify(ctx, event, args.key)
+    return 1
+
+
+# ---- applications -----------------------------------------------------------
+
+def create_app(ctx: int, args: Args):
+    return _create(ctx, args, App, App("app", args.llm, _prompt(args)), b"llm.create-app")
+
+
+def create_search(ctx: int, args: Args):
+    app = App("search", args.llm, _prompt(args), store=args.vector_store, k=args.k)
+    return _create(ctx, args, App, app, b"llm.create-search")
+
+
+def create_chat(ctx: int, args: Args):
+    app = App("chat", args.llm, _prompt(args), store=args.vector_store, history=args.history)
+    return _create(ctx, args, App, app, b"llm.create-chat")
+
+
+def _prompt(args: Args) -> str | None:
+    return None if args.prompt is None else _text(args.prompt)
+
+
+def run(ctx: int, args: Args):
+    app = keys.read(ctx, args.key, App)
+    if app is None:
+        raise LLMError(f"no app at key {shown(args.key)}")
+    if args.session is not None and app.kind != "chat":
+        raise LLMError("--SESSION is for chat apps")
+    model = keys.read_referenced(ctx, app.llm, LLMModel, "an LLM")
+    text = None if args.input is None else _text(args.input)
+    variables = args.vars or {}
+    if app.kind == "app":
+        job = _simple_job(app, model.provider(), text, variables, args)
+    else:
+        store = keys.read_referenced(ctx, app.store, VectorStore, "a vector store")
+        embedder = _embedder(ctx, store, app.llm, "question")
+        if text is None:
+            raise LLMError(f"a {app.kind} app needs an input")
+        make = _search_job if app.kind == "search" else _chat_job
+        job = make(app, model.provider(), embedder, text, variables, args)
+    pool.workers.run(ctx, job, args.timeout)
+    return keys.BLOCKED
+
+
+def _simple_job(app: App, provider, text: str | None, variables: dict, args: Args):
+    # Rendered here, on Redis' main thread: a template error is answered
+    # at once, without blocking the client.
+    prompt = app.template.render({**variables, "input": text or ""})
+    if text and "input" not in app.template.variables:
+        prompt = f"{prompt}\n\n{text}" if prompt else text
+    if not prompt:
+        raise LLMError("nothing to ask: the app has no prompt and no input was given")
+
+    def job(locked):
+        completion = provider.chat([{"role": "user", "content": prompt}], args.params)
+        return _answer(completion, args, prompt)
+    return job
+
+
+def _search_job(app: App, provider, embedder, question: str, variables: dict, args: Args):
+    app.template.render({**variables, "context": "", "question": question})  # fail early
+
+    def job(locked):
+        vector = embedder.embed([question])[0]
+        items = locked(lambda ctx: _nearest(ctx, app.store, vector, app.k, None))
+        context = "\n\n".join(_context_item(data, meta) for _, _, data, meta in items)
+        prompt = app.template.render({**variables, "context": context, "question": question})
+        completion = provider.chat([{"role": "user", "content": prompt}], args.params)
+        return _answer(completion, args, prompt, items)
+    return job
+
+
+def _chat_job(app: App, provider, embedder, text: str, variables: dict, args: Args):
+    history = app.history
+    sid = args.session if args.session is not None else b""
+    session = app.session(sid)
+    recent = session.messages[len(session.messages) - history["msg_ctx_cnt"]:] \
+        if history["msg_ctx_cnt"] else []
+    app.template.render({**variables, "history": ""})  # fail early
+    where = {"session": sid.decode("latin-1")}
+
+    def job(locked):
+        summaries = []
+        if history["summary_cnt"] and history["summary_ctx_cnt"] and session.summaries:
+            vector = embedder.embed([text])[0]
+            summaries = locked(lambda ctx: _nearest(ctx, app.store, vector,
+                                                    history["summary_ctx_cnt"], where))
+        system = app.template.render({**variables,
+                                      "history": "\n".join(_text(data) for _, _, data, _ in summaries)})
+        messages = [{"role": "system", "content": system}] if system else []
+        messages += [*recent, {"role": "user", "content": text}]
+        completion = provider.chat(messages, args.params)
+        turn = [{"role": "user", "content": text}, {"role": "assistant", "content": completion.text}]
+        pending = locked(lambda ctx: _log_turn(ctx, args.key, app, sid, turn))
+        if pending:
+            _summarise(locked, args.key, app, provider, embedder, sid, pending)
+        return _answer(completion, args, system, summaries)
+    return job
+
+
+def _log_turn(ctx: int, key: bytes, app: App, sid: bytes, turn: list[dict]) -> list[dict]:
+    """Record a chat turn; returns the messages due for a summary, if any."""
+    if keys.read(ctx, key, App) is not app:
+        raise LLMError(f"the chat app at key {shown(key)} was replaced or deleted during the call; "
+                       "the turn was not recorded")
+    session = app.log_messages(sid, turn)
+    keys.replicate(ctx, b"LLM.CHAT-LOG", chat_log_command(key, sid, session, turn)[1:])
+    keys.notify(ctx, b"llm.chat-log", key)
+    due = app.history["summary_cnt"]
+    return session.messages[-session.unsummarised:] if due and session.unsummarised >= due else []
+
+
+def _summarise(locked, key: bytes, app: App, provider, embedder, sid: bytes, messages: list[dict]):
+    """Summarise ``messages`` into the app's vector store, for {{history}}."""
+    prompt = app.summary_template.render({"conversation": conversation_text(messages)})
+    summary = provider.chat([{"role": "user", "content": prompt}]).text
+    vector = embedder.embed([summary])[0]
+    meta = {"session": sid.decode("latin-1"), "app": key.decode("latin-1")}
+
+    def store_summary(ctx):
+        store = keys.read_referenced(ctx, app.store, VectorStore, "a vector store")
+        summary_args = Args()
+        summary_args.key, summary_args.id, summary_args.meta = app.store, None, meta
+        summary_args.data = summary.encode()
+        _add_item(ctx, store, summary_args, vector)
+        if keys.read(ctx, key, App) is app:
+            session = app.session(sid)
+            session = app.log_messages(sid, [], max(0, session.unsummarised - len(messages)),
+                                       session.summaries + 1)
+            keys.replicate(ctx, b"LLM.CHAT-LOG", chat_log_command(key, sid, session, [])[1:])
+    locked(store_summary)
+
+
+def _nearest(ctx: int, store_key: bytes, vector, k: int, where: dict | None) -> list:
+    store = keys.read_referenced(ctx, store_key, VectorStore, "a vector store")
+    if not len(store):
+        return []
+    out = []
+    for item_id, distance in store.knn(vector, k, where=where):
+        data, meta = store.item(item_id)
+        out.append((item_id, distance, data, meta))
+    return out
+
+
+def _context_item(data: bytes, meta: dict | None) -> str:
+    fields = [f"{name}: {value}" for name, value in (meta or {}).items()
+              if isinstance(value, (str, int, float)) and not isinstance(value, bool)]
+    return _text(data) + (f"\n({', '.join(fields)})" if fields else "")
+
+
+def _answer(completion, args: Args, prompt: str, items: list = ()):
+    if not args.verbose:
+        return completion.text.encode()
+    return [b"answer", completion.text.encode(), b"prompt", prompt.encode(),
+            b"items", [[item_id, format_distance(distance), data,
+                        _dump_json(meta) if meta is not None else None]
+                       for item_id, distance, data, meta in items],
+            b"model", completion.model.encode(), b"prompt_tokens", completion.prompt_tokens,
+            b"completion_tokens", completion.completion_tokens]
+
+
+def chat_log(ctx: int, args: Args):
+    app = _chat_app(ctx, args.key)
+    messages = parse_messages(args.messages)
+    session = app.session(args.session or b"")
+    total = len(session.messages) + len(messages)
+    for name in ("unsummarised", "summaries"):
+        value = getattr(args, name)
+        if name == "unsummarised" and value is not None and value > total:
+            raise LLMError(f"--UNSUMMARISED must be at most {total}, the messages in the session")
+    session = app.log_messages(args.session or b"", messages, args.unsummarised, args.summaries)
+    keys.replicate_verbatim(ctx)
+    keys.notify(ctx, b"llm.chat-log", args.key)
+    return len(session.messages)
+
+
+def history(ctx: int, args: Args):
+    app = keys.read(ctx, args.key, App)
+    if app is None:
+        return []
+    if app.kind != "chat":
+        raise LLMError(f"the app at key {shown(args.key)} is not a chat app")
+    session = app.session(args.session or b"")
+    return [[m["role"].encode(), m["content"].encode()] for m in session.messages]
+
+
+def _chat_app(ctx: int, key: bytes) -> App:
+    app = keys.read(ctx, key, App)
+    if app is None:
+        raise LLMError(f"no app at key {shown(key)}")
+    if app.kind != "chat":
+        raise LLMError(f"the app at key {shown(key)} is not a chat app")
+    return app
 
 
 # ---- debugging (tests only) -------------------------------------------------
@@ -154,9 +433,9 @@ def debug(ctx: int, args: Args):
     if args.subcommand == "raise":
         raise RuntimeError("LLM.DEBUG RAISE")
     if args.subcommand == "sleep":
-        def job():
+        def job(locked):
             time.sleep(args.seconds)
-            return lambda ctx: "OK"
+            return "OK"
         pool.workers.run(ctx, job, args.timeout)
         return keys.BLOCKED
     deadline = time.monotonic() + args.seconds
@@ -177,7 +456,51 @@ _EMBEDDING = (Option("--EMBEDDING", embedding_text), Option("--EMBEDDING-BLOB", 
 _KEY = (("key", None),)
 _KEY_ID = (("key", None), ("id", uint64))
 
+_NX_XX = (Option("--NX"), Option("--XX"))
+_LLM_OPTION = Option("--LLM", bytes, required=True)
+_STORE_OPTION = Option("--VECTOR-STORE", bytes, required=True)
+_TIMEOUT = Option("--TIMEOUT", integer(0, 2**31 - 1), default=0)
+
 COMMANDS = [
+    Command("LLM.CREATE-LLM", create_llm, "write deny-oom", -2, (KeySpec(KEY_OW | KEY_UPDATE),),
+            Syntax(_KEY, [*_NX_XX, Option("--TYPE", choice(*LLM_TYPES)),
+                          Option("--PARAMS", json_object)],
+                   exclusive=[("--NX", "--XX")]),
+            "Create an LLM: an OpenAI, Azure OpenAI or local llama.cpp model and its params"),
+    Command("LLM.CREATE-APP", create_app, "write deny-oom", -4,
+            (KeySpec(KEY_OW | KEY_UPDATE), KeySpec(KEY_RO, keyword="--LLM")),
+            Syntax(_KEY, [*_NX_XX, _LLM_OPTION, Option("--PROMPT", bytes)],
+                   exclusive=[("--NX", "--XX")]),
+            "Create an app: a prompt template run by an LLM"),
+    Command("LLM.CREATE-SEARCH", create_search, "write deny-oom", -6,
+            (KeySpec(KEY_OW | KEY_UPDATE), KeySpec(KEY_RO, keyword="--LLM"),
+             KeySpec(KEY_RO, keyword="--VECTOR-STORE")),
+            Syntax(_KEY, [*_NX_XX, _LLM_OPTION, _STORE_OPTION, Option("--K", integer(1, 100), default=3),
+                          Option("--PROMPT", bytes)],
+                   exclusive=[("--NX", "--XX")]),
+            "Create a search app: answers questions from the K nearest items of a vector store"),
+    Command("LLM.CREATE-CHAT", create_chat, "write deny-oom", -6,
+            (KeySpec(KEY_OW | KEY_UPDATE), KeySpec(KEY_RO, keyword="--LLM"),
+             KeySpec(KEY_RO, keyword="--VECTOR-STORE")),
+            Syntax(_KEY, [*_NX_XX, _LLM_OPTION, _STORE_OPTION, Option("--HISTORY", json_object),
+                          Option("--PROMPT", bytes)],
+                   exclusive=[("--NX", "--XX")]),
+            "Create a chat app whose long history is summarised into a vector store"),
+    Command("LLM.RUN", run, "write deny-oom", -2, (KeySpec(KEY_RW | KEY_UPDATE),),
+            Syntax(_KEY, [Option("--VARS", json_object), Option("--PARAMS", json_object),
+                          Option("--VERBOSE"), _TIMEOUT, Option("--SESSION", bytes)],
+                   trailing="optional", trailing_name="input"),
+            "Run an app with an input and template variables; returns the completion",
+            complexity="O(1) plus the model call"),
+    Command("LLM.CHAT-LOG", chat_log, "write deny-oom", -3, (KeySpec(KEY_RW | KEY_INSERT),),
+            Syntax(_KEY, [Option("--SESSION", bytes), Option("--UNSUMMARISED", integer(0, 2**31)),
+                          Option("--SUMMARIES", integer(0, 2**31))],
+                   trailing="required", trailing_name="messages"),
+            "Append messages to a chat session (how chat turns are replicated)",
+            complexity="O(N) with N the messages given"),
+    Command("LLM.HISTORY", history, "readonly", -2, (KeySpec(KEY_RO | KEY_ACCESS),),
+            Syntax(_KEY, [Option("--SESSION", bytes)]),
+            "The recent messages of a chat session, oldest first", complexity="O(N)"),
     Command("LLM.CREATE-VECTOR-STORE", create_vector_store, "write deny-oom", -2,
             (KeySpec(KEY_OW | KEY_UPDATE), KeySpec(KEY_RO, keyword="--LLM")),
             Syntax(_KEY, [Option("--NX"), Option("--XX"), Option("--TYPE", choice("hnsw")),
@@ -185,7 +508,7 @@ COMMANDS = [
                    exclusive=[("--NX", "--XX")]),
             "Create (or with --XX re-create, emptied) an HNSW vector store"),
     Command("LLM.ADD", add, "write deny-oom", -3, (KeySpec(KEY_RW | KEY_UPDATE),),
-            Syntax(_KEY, [Option("--ID", uint64), *_EMBEDDING, Option("--META", json_object)],
+            Syntax(_KEY, [Option("--ID", uint64), *_EMBEDDING, Option("--META", json_object), _TIMEOUT],
                    trailing="required", exclusive=[("--EMBEDDING", "--EMBEDDING-BLOB")]),
             "Add an item (data, embedding, meta) to a vector store; returns its id",
             complexity="O(log N)"),
@@ -198,7 +521,7 @@ COMMANDS = [
     Command("LLM.KNN", knn, "readonly", -2, (KeySpec(KEY_RO | KEY_ACCESS),),
             Syntax(_KEY, [Option("--K", integer(1, 10000), default=10), *_EMBEDDING,
                           Option("--EF", integer(1, 100000)), Option("--FILTER", json_object),
-                          Option("--WITHDATA")],
+                          Option("--WITHDATA"), _TIMEOUT],
                    trailing="optional", trailing_name="query",
                    exclusive=[("--EMBEDDING", "--EMBEDDING-BLOB")]),
             "Find the K items nearest to an embedding", complexity="O(log N)"),

@@ -23,3 +23,15 @@ class WrongTypeError(LLMError):
 
     def __init__(self):
         super().__init__("Operation against a key holding the wrong kind of value")
+
+
+def error_reply(exc: Exception, what: str) -> LLMError:
+    """The one place where exceptions become error replies."""
+    if isinstance(exc, LLMError):
+        return exc
+    # A bug: keep the server up and say where to look.
+    import traceback
+
+    from redis_llm import keys
+    keys.log("warning", f"{what} failed:\n{traceback.format_exc()}")
+    return LLMError(f"internal error ({type(exc).__name__}), see the server log")

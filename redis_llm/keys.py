@@ -6,7 +6,7 @@ Thin wrappers over ``_redis_llm_shim``, the built-in module of the C shim.
 
 import _redis_llm_shim as shim
 
-from redis_llm.errors import WrongTypeError
+from redis_llm.errors import LLMError, WrongTypeError
 
 # Filled by bridge.load: the Python class of each module data type -> its
 # index in the shim's type table.
@@ -22,6 +22,19 @@ def read(ctx: int, key: bytes, cls: type):
     if value is None or type(value) is cls:
         return value
     raise WrongTypeError()
+
+
+def read_referenced(ctx: int, key: bytes, cls: type, what: str):
+    """The value at a key another value names (an app's LLM or vector store).
+
+    Raises an ERR naming the key when it is missing or holds anything else."""
+    value = shim.key_get(ctx, key)
+    if type(value) is cls:
+        return value
+    name = repr(key[:60].decode("utf-8", "replace"))
+    if value is None:
+        raise LLMError(f"{what} key {name} does not exist")
+    raise LLMError(f"key {name} does not hold {what}")
 
 
 def write(ctx: int, key: bytes, value) -> None:
@@ -58,9 +71,16 @@ def block(ctx: int, timeout_ms: int) -> int:
     return shim.block(ctx, timeout_ms)
 
 
-def unblock(handle: int, finish) -> None:
-    """From any thread: Redis' main thread will run ``finish(ctx)`` for the reply."""
-    shim.unblock(handle, finish)
+def unblock(handle: int, reply) -> None:
+    """From any thread: Redis' main thread sends ``reply`` to the blocked client."""
+    shim.unblock(handle, reply)
+
+
+def locked(handle: int, fn):
+    """From a worker thread: ``fn(ctx)`` under Redis' lock, with a context on
+    the blocked client's database (valid even after the client timed out or
+    disconnected). Returns what ``fn`` returns."""
+    return shim.locked(handle, fn)
 
 
 def log(level: str, message: str) -> None:

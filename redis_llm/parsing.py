@@ -29,8 +29,10 @@ def shown(arg: bytes, limit: int = 40) -> str:
 class Option:
     """``--NAME`` on its own (a flag, when ``convert`` is None) or followed by a value."""
 
-    def __init__(self, name: str, convert: Converter | None = None, default: Any = None):
+    def __init__(self, name: str, convert: Converter | None = None, default: Any = None,
+                 required: bool = False):
         self.name = name.upper()
+        self.required = required
         self.attr = name.lstrip("-").lower().replace("-", "_")
         self.convert = convert
         self.default = False if convert is None else default
@@ -56,6 +58,7 @@ class Syntax:
         self.trailing = trailing
         self.trailing_name = trailing_name
         self.exclusive = tuple(tuple(name.upper() for name in group) for group in exclusive)
+        self.required = tuple(option for option in options if option.required)
 
     def parse(self, args: Sequence[bytes]) -> "Args":
         """Parse ``args`` (the arguments after the command name)."""
@@ -68,6 +71,9 @@ class Syntax:
             i += 1
         if len(args) > i or self.trailing:
             self._parse_options(args, i, parsed)
+        for option in self.required:
+            if getattr(parsed, option.attr) is None:
+                raise LLMError(f"option {option.name} is required")
         return parsed
 
     def _parse_options(self, args: Sequence[bytes], npos: int, parsed: "Args") -> None:

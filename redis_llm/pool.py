@@ -1,23 +1,26 @@
 """The worker pool: slow work runs here while its client waits, blocked.
 
 A command that needs slow work (an HTTP call, a local model, an embedding)
-blocks its client and submits a job; a worker runs the job with the GIL free
-for I/O and native code, then unblocks the client with a ``finish`` callable
-that Redis' main thread runs to apply the job's writes and build the reply.
-Redis itself never waits for a job.
+blocks its client and submits a job. A worker runs the job with the GIL free
+for I/O and native code; the job reads and writes keys only through
+``locked(fn)``, which runs ``fn(ctx)`` under Redis' lock, and returns the
+reply. Redis itself never waits for a job, and a job's writes land (and are
+replicated) even when its client timed out or disconnected.
 """
 
+import functools
 import queue
 import threading
 from typing import Callable
 
 from redis_llm import keys
-from redis_llm.errors import LLMError
+from redis_llm.errors import LLMError, error_reply
 
 # Context flags of the module API: where a client cannot be blocked.
 _CTX_LUA, _CTX_MULTI, _CTX_DENY_BLOCKING = 1 << 0, 1 << 1, 1 << 21
 
-Finish = Callable[[int], object]
+Locked = Callable[[Callable[[int], object]], object]
+Job = Callable[[Locked], object]
 
 
 class WorkerPool:
@@ -27,15 +30,19 @@ class WorkerPool:
         self.size = size
         self._jobs: queue.Queue = queue.Queue(maxsize=queue_size)
         self._threads: list[threading.Thread] = []
+        self.busy = 0
 
-    def run(self, ctx: int, job: Callable[[], Finish], timeout_ms: int = 0) -> None:
-        """Block the calling client and run ``job`` on a worker.
+    @property
+    def queued(self) -> int:
+        return self._jobs.qsize()
 
-        ``job()`` returns ``finish(ctx) -> reply``, which runs on Redis' main
-        thread; an exception from either becomes an error reply. With
-        ``timeout_ms`` the client gets nil at the deadline (the job goes on).
-        Raises LLMError at once inside MULTI/EXEC or a script, or when the
-        queue is full; the client is then not blocked.
+    def run(self, ctx: int, job: Job, timeout_ms: int = 0) -> None:
+        """Block the calling client and run ``job(locked)`` on a worker.
+
+        The job's return value is the reply; an exception becomes an error
+        reply. With ``timeout_ms`` the client gets nil at the deadline while
+        the job goes on. Raises LLMError at once inside MULTI/EXEC or a
+        script, or when the queue is full; the client is then not blocked.
         """
         if keys.context_flags(ctx) & (_CTX_LUA | _CTX_MULTI | _CTX_DENY_BLOCKING):
             raise LLMError("this command waits for slow work and cannot run inside "
@@ -58,18 +65,14 @@ class WorkerPool:
     def _work(self) -> None:
         while True:
             handle, job = self._jobs.get()
+            self.busy += 1
             try:
-                finish = job()
+                reply = job(functools.partial(keys.locked, handle))
             except Exception as exc:
-                finish = _failed(exc)
-            keys.unblock(handle, finish)
+                reply = error_reply(exc, "a blocked command")
+            self.busy -= 1
+            keys.unblock(handle, reply)
 
 
 # The module's pool, made by bridge.load from POOL_SIZE and QUEUE_SIZE.
 workers: WorkerPool | None = None
-
-
-def _failed(error: Exception) -> Finish:
-    def finish(ctx: int):
-        raise error  # bridge.finish turns it into the error reply
-    return finish

