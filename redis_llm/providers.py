@@ -43,7 +43,7 @@ _SCHEMAS = {
                      "api_version": _REQUIRED, "base_url": "", "chat": {}, "embedding": {},
                      "http": _HTTP},
     "llamacpp": {"model_path": "", "n_ctx": 2048, "n_threads": 0,
-                 "chat": {"max_tokens": 256, "temperature": 0.2},
+                 "chat": {"max_tokens": 128, "temperature": 0.2, "repeat_penalty": 1.1},
                  "embedding": {"model_path": "", "pooling": "mean"}},
 }
 _OPEN_SECTIONS = {"chat", "embedding"}
@@ -152,6 +152,10 @@ def _validate(given, schema: dict, path: str) -> dict:
         elif isinstance(default, int):
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**31:
                 raise LLMError(f"params field {where!r} must be an integer from 0 to 2147483648")
+            out[name] = value
+        else:  # a float
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise LLMError(f"params field {where!r} must be a number")
             out[name] = value
     for name, default in schema.items():
         if name not in out and default is not _REQUIRED:
