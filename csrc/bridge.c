@@ -398,6 +398,15 @@ static PyObject *py_unblock(PyObject *self, PyObject *const *args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
+/* redact(ctx, pos): hide argument pos (a secret) from SLOWLOG, MONITOR and the log. */
+static PyObject *py_redact(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) return PyErr_Format(PyExc_TypeError, "redact(ctx, pos)");
+    int pos = PyLong_AsLong(args[1]);
+    if (pos == -1 && PyErr_Occurred()) return NULL;
+    RedisModule_RedactClientCommandArgument(ctx_arg(args[0]), pos);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_context_flags(PyObject *self, PyObject *ctx) {
     return PyLong_FromLong(RedisModule_GetContextFlags(ctx_arg(ctx)));
 }
@@ -422,6 +431,7 @@ static PyMethodDef shim_methods[] = {
     {"block", (PyCFunction)(void (*)(void))py_block, METH_FASTCALL, NULL},
     {"unblock", (PyCFunction)(void (*)(void))py_unblock, METH_FASTCALL, NULL},
     {"locked", (PyCFunction)(void (*)(void))py_locked, METH_FASTCALL, NULL},
+    {"redact", (PyCFunction)(void (*)(void))py_redact, METH_FASTCALL, NULL},
     {"log", (PyCFunction)(void (*)(void))py_log, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };

@@ -126,6 +126,7 @@ typedef struct {
     X(int, ReplyWithArray, (RedisModuleCtx *, long len))                                           \
     X(int, Replicate, (RedisModuleCtx *, const char *cmd, const char *fmt, ...))                   \
     X(int, ReplicateVerbatim, (RedisModuleCtx *))                                                  \
+    X(int, RedactClientCommandArgument, (RedisModuleCtx *, int pos))                               \
     X(int, GetContextFlags, (RedisModuleCtx *))                                                    \
     X(int, SignalModifiedKey, (RedisModuleCtx *, RedisModuleString *key))                          \
     X(int, NotifyKeyspaceEvent,                                                                    \

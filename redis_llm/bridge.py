@@ -53,6 +53,8 @@ def dispatch(ctx: int, argv: tuple[bytes, ...]):
     """Run one LLM.* command; returns its reply, or keys.BLOCKED when a worker will."""
     try:
         command = COMMANDS_BY_NAME[argv[0].lower()]
+        if command.secret_options:
+            keys.redact(ctx, argv, command.secret_options)
         return command.handler(ctx, command.syntax.parse(argv[1:]))
     except Exception as exc:
         return error_reply(exc, argv[0].decode(errors="replace"))

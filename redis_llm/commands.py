@@ -73,6 +73,8 @@ class Command:
     complexity: str = "O(1)"
     since: str = "0.1.0"
     debug: bool = False  # registered only with the DEBUG_COMMANDS module argument
+    # Options whose values may hold secrets: hidden from SLOWLOG, MONITOR and the log.
+    secret_options: tuple[bytes, ...] = ()
 
     def registration(self) -> tuple:
         """What the C shim needs to register this command."""
@@ -466,7 +468,8 @@ COMMANDS = [
             Syntax(_KEY, [*_NX_XX, Option("--TYPE", choice(*LLM_TYPES)),
                           Option("--PARAMS", json_object)],
                    exclusive=[("--NX", "--XX")]),
-            "Create an LLM: an OpenAI, Azure OpenAI or local llama.cpp model and its params"),
+            "Create an LLM: an OpenAI, Azure OpenAI or local llama.cpp model and its params",
+            secret_options=(b"--PARAMS",)),
     Command("LLM.CREATE-APP", create_app, "write deny-oom", -4,
             (KeySpec(KEY_OW | KEY_UPDATE), KeySpec(KEY_RO, keyword="--LLM")),
             Syntax(_KEY, [*_NX_XX, _LLM_OPTION, Option("--PROMPT", bytes)],

@@ -83,6 +83,21 @@ def locked(handle: int, fn):
     return shim.locked(handle, fn)
 
 
+def redact(ctx: int, argv: tuple[bytes, ...], options: tuple[bytes, ...]) -> None:
+    """Hide the values of ``options`` (upper case) in ``argv`` from SLOWLOG,
+    MONITOR and the log: they may carry secrets."""
+    for pos in range(2, len(argv) - 1):
+        if argv[pos].upper() in options:
+            shim.redact(ctx, pos + 1)
+
+
+# Redis cuts a log line at 1024 bytes.
+_LOG_LINE = 1000
+
+
 def log(level: str, message: str) -> None:
-    """Write to the Redis log; level is debug, verbose, notice or warning."""
-    shim.log(level, message)
+    """Write to the Redis log; level is debug, verbose, notice or warning.
+    Long or multi-line messages become several log lines."""
+    for line in message.splitlines() or [""]:
+        for start in range(0, max(len(line), 1), _LOG_LINE):
+            shim.log(level, line[start:start + _LOG_LINE])

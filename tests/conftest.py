@@ -36,3 +36,11 @@ def make_server(tmp_path):
     yield make
     for srv in servers:
         srv.kill()
+
+
+@pytest.fixture
+def api():
+    """A scripted OpenAI-compatible HTTP server (see tests/openai_server.py)."""
+    from openai_server import OpenAIServer
+    with OpenAIServer() as server:
+        yield server
