@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from dataclasses import dataclass, field
 
 import jinja2
@@ -21,7 +22,9 @@ from redis_llm.errors import LLMError
 
 ENCODING_VERSION = 1
 KINDS = ("app", "search", "chat")
-MAX_PROMPT = 1 << 20
+MAX_PROMPT = 256 << 10        # bytes of template source
+MAX_RENDERED = 4 << 20        # characters a rendering may produce
+MAX_LOOP_STEPS = 1_000_000    # range() elements one rendering may create
 
 DEFAULT_SEARCH_PROMPT = (
     'Please answer the following question based on the given context.\n'
@@ -40,8 +43,47 @@ DEFAULT_HISTORY = {
 }
 _HISTORY_LIMITS = {"summary_cnt": 10000, "summary_ctx_cnt": 100, "msg_ctx_cnt": 10000}
 
-_env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_budget = threading.local()
+
+
+class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """jinja2's sandbox, plus bounds on what one rendering may cost: a
+    template must not be able to exhaust the server's memory or a worker."""
+
+    intercepted_binops = frozenset(["*", "**", "+"])
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and _is_number(left) and _is_number(right) and \
+                abs(right) > 64 and abs(left) > 1:
+            raise jinja2.exceptions.SecurityError("power too large")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and _is_number(times) and \
+                        len(seq) * times > MAX_RENDERED:
+                    raise jinja2.exceptions.SecurityError("repetition too large")
+        result = super().call_binop(context, operator, left, right)
+        if isinstance(result, (str, list, tuple)) and len(result) > MAX_RENDERED:
+            raise jinja2.exceptions.SecurityError("value too large")
+        return result
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bounded_range(*args):
+    steps = len(range(*args))
+    _budget.steps = getattr(_budget, "steps", 0) + steps
+    if _budget.steps > MAX_LOOP_STEPS:
+        raise jinja2.exceptions.SecurityError(f"range() beyond {MAX_LOOP_STEPS} elements")
+    return range(*args)
+
+
+# optimized=False: the optimizer would evaluate constant expressions when a
+# template is created, on Redis' main thread and outside the sandbox's checks.
+_env = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
+                optimized=False)
+_env.globals["range"] = _bounded_range
 
 
 class Template:
@@ -57,10 +99,21 @@ class Template:
             self._template = _env.from_string(source)
         except jinja2.TemplateSyntaxError as exc:
             raise LLMError(f"{what} template error on line {exc.lineno}: {exc.message}") from None
+        except (jinja2.TemplateError, ValueError, RecursionError, MemoryError) as exc:
+            raise LLMError(f"{what} template error: {type(exc).__name__}") from None
 
     def render(self, variables: dict) -> str:
+        """Render on a worker thread (never Redis' main thread): a template may
+        loop, within the bounds of the sandbox."""
+        _budget.steps = 0
         try:
-            return self._template.render(variables)
+            out, size = [], 0
+            for chunk in self._template.generate(variables):
+                size += len(chunk)
+                if size > MAX_RENDERED:
+                    raise LLMError(f"the rendered prompt is longer than {MAX_RENDERED} characters")
+                out.append(chunk)
+            return "".join(out)
         except jinja2.UndefinedError as exc:
             raise LLMError(f"template variable error: {exc.message}") from None
         except jinja2.exceptions.SecurityError as exc:
@@ -101,6 +154,11 @@ class App:
                  k: int = 3, history: dict | None = None):
         if kind not in KINDS:
             raise LLMError(f"unknown app kind {kind!r}")
+        # Checked here too for values read back from RDB or RESTORE.
+        if not isinstance(llm, bytes) or (kind != "app") != isinstance(store, bytes):
+            raise LLMError("an app names its LLM key, and a search or chat app its vector store key")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 100:
+            raise LLMError("--K must be an integer from 1 to 100")
         self.kind = kind
         self.llm = llm
         self.store = store
@@ -128,6 +186,8 @@ class App:
                      summaries: int | None = None) -> Session:
         """Append messages to a session (see Session.append)."""
         session = self.sessions.setdefault(sid, Session())
+        if not self.history["summary_cnt"]:
+            unsummarised = 0  # nothing waits for a summary that never comes
         session.append(messages, unsummarised, summaries, self.history["msg_ctx_cnt"])
         return session
 
@@ -154,8 +214,8 @@ class App:
             app = cls(state["kind"], _bytes(state["llm"]), state["prompt"], _bytes(state["store"]),
                       state["k"], state["history"])
             for sid, (messages, unsummarised, summaries) in state["sessions"].items():
-                if not all(_is_message(m) for m in messages) or \
-                        not isinstance(unsummarised, int) or not isinstance(summaries, int):
+                if not all(_is_message(m) for m in messages) or not _count(unsummarised) or \
+                        not _count(summaries) or unsummarised > len(messages):
                     raise ValueError("bad chat session")
                 app.sessions[_bytes(sid)] = Session(messages, unsummarised, summaries)
         except (LLMError, KeyError, TypeError, ValueError) as exc:
@@ -207,7 +267,8 @@ def _history(given: dict | None) -> dict:
             raise LLMError(f"--HISTORY field {name!r} must be an integer from 0 to "
                            f"{_HISTORY_LIMITS[name]}")
         history[name] = value
-    if history["summary_cnt"] and "conversation" not in Template(history["summary_prompt"]).variables:
+    if history["summary_cnt"] and \
+            "conversation" not in Template(history["summary_prompt"], "summary_prompt").variables:
         raise LLMError("--HISTORY field 'summary_prompt' must use {{conversation}}")
     return history
 
@@ -222,6 +283,10 @@ def parse_messages(raw: bytes) -> list[dict]:
         raise LLMError('messages must be a JSON array of {"role": "user"|"assistant"|"system", '
                        '"content": "..."}')
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
 
 
 def _is_message(m) -> bool:

@@ -29,6 +29,9 @@ _BY_TAG = {cls.type_tag: cls for cls, _, _ in DATA_TYPES}
 
 config = ModuleConfig()
 
+# Context flags: REPLICATED (sent by a master) and LOADING (AOF replay).
+_FROM_AOF_OR_MASTER = (1 << 12) | (1 << 13)
+
 
 def load(module_path: str, args: list[bytes]) -> SimpleNamespace:
     """Called once by the shim when redis-server loads the module."""
@@ -53,7 +56,9 @@ def dispatch(ctx: int, argv: tuple[bytes, ...]):
     """Run one LLM.* command; returns its reply, or keys.BLOCKED when a worker will."""
     try:
         command = COMMANDS_BY_NAME[argv[0].lower()]
-        if command.secret_options:
+        if command.secret_options and not keys.context_flags(ctx) & _FROM_AOF_OR_MASTER:
+            # Redis 7.0's AOF loader reuses one fake client, whose saved
+            # arguments redaction would write past: only clients' commands.
             keys.redact(ctx, argv, command.secret_options)
         return command.handler(ctx, command.syntax.parse(argv[1:]))
     except Exception as exc:

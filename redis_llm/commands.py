@@ -276,24 +276,20 @@ def run(ctx: int, args: Args):
 
 
 def _simple_job(app: App, provider, text: str | None, variables: dict, args: Args):
-    # Rendered here, on Redis' main thread: a template error is answered
-    # at once, without blocking the client.
-    prompt = app.template.render({**variables, "input": text or ""})
-    if text and "input" not in app.template.variables:
-        prompt = f"{prompt}\n\n{text}" if prompt else text
-    if not prompt:
-        raise LLMError("nothing to ask: the app has no prompt and no input was given")
-
     def job(locked):
+        prompt = app.template.render({**variables, "input": text or ""})
+        if text and "input" not in app.template.variables:
+            prompt = f"{prompt}\n\n{text}" if prompt else text
+        if not prompt:
+            raise LLMError("nothing to ask: the app has no prompt and no input was given")
         completion = provider.chat([{"role": "user", "content": prompt}], args.params)
         return _answer(completion, args, prompt)
     return job
 
 
 def _search_job(app: App, provider, embedder, question: str, variables: dict, args: Args):
-    app.template.render({**variables, "context": "", "question": question})  # fail early
-
     def job(locked):
+        app.template.render({**variables, "context": "", "question": question})  # fail early
         vector = embedder.embed([question])[0]
         items = locked(lambda ctx: _nearest(ctx, app.store, vector, app.k, None))
         context = "\n\n".join(_context_item(data, meta) for _, _, data, meta in items)
@@ -309,10 +305,10 @@ def _chat_job(app: App, provider, embedder, text: str, variables: dict, args: Ar
     session = app.session(sid)
     recent = session.messages[len(session.messages) - history["msg_ctx_cnt"]:] \
         if history["msg_ctx_cnt"] else []
-    app.template.render({**variables, "history": ""})  # fail early
-    where = {"session": sid.decode("latin-1")}
+    where = {"session": sid.decode("latin-1"), "app": args.key.decode("latin-1")}
 
     def job(locked):
+        app.template.render({**variables, "history": ""})  # fail before any model call
         summaries = []
         if history["summary_cnt"] and history["summary_ctx_cnt"] and session.summaries:
             vector = embedder.embed([text])[0]
@@ -326,7 +322,12 @@ def _chat_job(app: App, provider, embedder, text: str, variables: dict, args: Ar
         turn = [{"role": "user", "content": text}, {"role": "assistant", "content": completion.text}]
         pending = locked(lambda ctx: _log_turn(ctx, args.key, app, sid, turn))
         if pending:
-            _summarise(locked, args.key, app, provider, embedder, sid, pending)
+            try:
+                _summarise(locked, args.key, app, provider, embedder, sid, pending)
+            except LLMError as exc:
+                # The turn is recorded and answered; the messages wait for
+                # the next turn's summary.
+                keys.log("warning", f"chat app {shown(args.key)}: summary failed: {exc}")
         return _answer(completion, args, system, summaries)
     return job
 
