@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import requests
+from requests.adapters import HTTPAdapter
 
 from redis_llm.errors import LLMError
 
@@ -268,9 +270,6 @@ class OpenAIProvider:
     auth_header = "Authorization"
 
     def __init__(self, params: dict):
-        import requests
-        from requests.adapters import HTTPAdapter
-
         self.params = params
         http = params["http"]
         self.timeout = (_seconds(http["connect_timeout"], ""), _seconds(http["socket_timeout"], ""))
@@ -286,7 +285,6 @@ class OpenAIProvider:
             host = host if "://" in host else "http://" + host
             proxy = f"{host}:{http['proxy_port']}" if http["proxy_port"] else host
             self.session.proxies = {"http": proxy, "https": proxy}
-        self._requests = requests
 
     @property
     def chat_model(self) -> str:
@@ -345,13 +343,13 @@ class OpenAIProvider:
             try:
                 response = self.session.post(url, json=body, headers=self.headers(key),
                                              timeout=self.timeout)
-            except self._requests.exceptions.ConnectionError as exc:
-                if isinstance(exc, self._requests.exceptions.ReadTimeout):
+            except requests.exceptions.ConnectionError as exc:
+                if isinstance(exc, requests.exceptions.ReadTimeout):
                     raise LLMError(f"{self.name()}: no answer within the socket timeout") from None
                 problem = f"cannot connect ({type(exc).__name__})"
-            except self._requests.exceptions.Timeout:
+            except requests.exceptions.Timeout:
                 raise LLMError(f"{self.name()}: no answer within the socket timeout") from None
-            except (self._requests.exceptions.RequestException, ValueError) as exc:
+            except (requests.exceptions.RequestException, ValueError) as exc:
                 # ValueError: a URL or header requests cannot send (UnicodeError among them).
                 raise LLMError(f"{self.name()}: request failed ({type(exc).__name__})") from None
             else:
