@@ -30,11 +30,6 @@ class WorkerPool:
         self.size = size
         self._jobs: queue.Queue = queue.Queue(maxsize=queue_size)
         self._threads: list[threading.Thread] = []
-        self.busy = 0
-
-    @property
-    def queued(self) -> int:
-        return self._jobs.qsize()
 
     def run(self, ctx: int, job: Job, timeout_ms: int = 0) -> None:
         """Block the calling client and run ``job(locked)`` on a worker.
@@ -65,12 +60,10 @@ class WorkerPool:
     def _work(self) -> None:
         while True:
             handle, job = self._jobs.get()
-            self.busy += 1
             try:
                 reply = job(functools.partial(keys.locked, handle))
             except Exception as exc:
                 reply = error_reply(exc, "a blocked command")
-            self.busy -= 1
             keys.unblock(handle, reply)
 
 

@@ -91,13 +91,6 @@ class LLMModel:
                 self._provider = cls(self.params)
             return self._provider
 
-    def describe(self) -> dict:
-        """The params without the secret: safe to reply with."""
-        shown = copy.deepcopy(self.params)
-        if "api_key" in shown and not str(shown["api_key"]).startswith("env:"):
-            shown["api_key"] = "***" if shown["api_key"] else ""
-        return {"type": self.kind, "params": shown}
-
     def _json(self) -> bytes:
         return json.dumps({"type": self.kind, "params": self.params}, sort_keys=True,
                           separators=(",", ":"), ensure_ascii=False).encode()
