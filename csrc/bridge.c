@@ -365,22 +365,24 @@ static PyObject *py_block(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return PyLong_FromVoidPtr(bc);
 }
 
-/* locked(handle, fn) -> fn(ctx), from a worker thread: fn runs under Redis'
- * lock with a context on the blocked client's database. It works after the
- * client timed out or left, so a worker's writes always land. The GIL is
- * released while waiting for Redis' lock: the main thread takes them in the
- * other order. */
+/* locked(handle, db, fn) -> fn(ctx), from a worker thread: fn runs under
+ * Redis' lock with a context on the blocked client's database (handle 0: no
+ * client, database db). It works after the client timed out or left, so a
+ * worker's writes always land. The GIL is released while waiting for Redis'
+ * lock: the main thread takes them in the other order. */
 static PyObject *py_locked(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) return PyErr_Format(PyExc_TypeError, "locked(handle, fn)");
+    if (nargs != 3) return PyErr_Format(PyExc_TypeError, "locked(handle, db, fn)");
     RedisModuleBlockedClient *bc = PyLong_AsVoidPtr(args[0]);
-    if (!bc) return NULL;
+    int db = PyLong_AsLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
     RedisModuleCtx *ctx;
     Py_BEGIN_ALLOW_THREADS
     ctx = RedisModule_GetThreadSafeContext(bc);
     RedisModule_ThreadSafeContextLock(ctx);
+    if (!bc) RedisModule_SelectDb(ctx, db);
     Py_END_ALLOW_THREADS
     PyObject *ctx_int = PyLong_FromVoidPtr(ctx);
-    PyObject *result = ctx_int ? PyObject_CallOneArg(args[1], ctx_int) : NULL;
+    PyObject *result = ctx_int ? PyObject_CallOneArg(args[2], ctx_int) : NULL;
     Py_XDECREF(ctx_int);
     RedisModule_FreeThreadSafeContext(ctx);
     RedisModule_ThreadSafeContextUnlock(ctx);
@@ -396,6 +398,21 @@ static PyObject *py_unblock(PyObject *self, PyObject *const *args, Py_ssize_t na
     RedisModule_BlockedClientMeasureTimeEnd(bc);
     RedisModule_UnblockClient(bc, args[1]);
     Py_RETURN_NONE;
+}
+
+/* db(ctx) -> the selected database; user(ctx) -> the calling ACL user's name. */
+static PyObject *py_db(PyObject *self, PyObject *ctx) {
+    return PyLong_FromLong(RedisModule_GetSelectedDb(ctx_arg(ctx)));
+}
+
+static PyObject *py_user(PyObject *self, PyObject *ctx) {
+    RedisModuleString *name = RedisModule_GetCurrentUserName(ctx_arg(ctx));
+    if (!name) Py_RETURN_NONE;
+    size_t len;
+    const char *ptr = RedisModule_StringPtrLen(name, &len);
+    PyObject *out = PyBytes_FromStringAndSize(ptr, (Py_ssize_t)len);
+    RedisModule_FreeString(NULL, name);
+    return out;
 }
 
 /* redact(ctx, pos): hide argument pos (a secret) from SLOWLOG, MONITOR and the log. */
@@ -432,6 +449,8 @@ static PyMethodDef shim_methods[] = {
     {"unblock", (PyCFunction)(void (*)(void))py_unblock, METH_FASTCALL, NULL},
     {"locked", (PyCFunction)(void (*)(void))py_locked, METH_FASTCALL, NULL},
     {"redact", (PyCFunction)(void (*)(void))py_redact, METH_FASTCALL, NULL},
+    {"db", py_db, METH_O, NULL},
+    {"user", py_user, METH_O, NULL},
     {"log", (PyCFunction)(void (*)(void))py_log, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };

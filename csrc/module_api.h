@@ -127,6 +127,9 @@ typedef struct {
     X(int, Replicate, (RedisModuleCtx *, const char *cmd, const char *fmt, ...))                   \
     X(int, ReplicateVerbatim, (RedisModuleCtx *))                                                  \
     X(int, RedactClientCommandArgument, (RedisModuleCtx *, int pos))                               \
+    X(int, SelectDb, (RedisModuleCtx *, int db))                                                   \
+    X(int, GetSelectedDb, (RedisModuleCtx *))                                                      \
+    X(RedisModuleString *, GetCurrentUserName, (RedisModuleCtx *))                                 \
     X(int, GetContextFlags, (RedisModuleCtx *))                                                    \
     X(int, SignalModifiedKey, (RedisModuleCtx *, RedisModuleString *key))                          \
     X(int, NotifyKeyspaceEvent,                                                                    \

@@ -76,11 +76,21 @@ def unblock(handle: int, reply) -> None:
     shim.unblock(handle, reply)
 
 
-def locked(handle: int, fn):
+def locked(handle: int, db: int, fn):
     """From a worker thread: ``fn(ctx)`` under Redis' lock, with a context on
     the blocked client's database (valid even after the client timed out or
-    disconnected). Returns what ``fn`` returns."""
-    return shim.locked(handle, fn)
+    disconnected), or on database ``db`` when ``handle`` is 0 (no client
+    waits). Returns what ``fn`` returns."""
+    return shim.locked(handle, db, fn)
+
+
+def selected_db(ctx: int) -> int:
+    return shim.db(ctx)
+
+
+def current_user(ctx: int) -> bytes:
+    """The ACL user running the command."""
+    return shim.user(ctx) or b"default"
 
 
 def redact(ctx: int, argv: tuple[bytes, ...], options: tuple[bytes, ...]) -> None:

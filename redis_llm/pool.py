@@ -42,12 +42,22 @@ class WorkerPool:
         if keys.context_flags(ctx) & (_CTX_LUA | _CTX_MULTI | _CTX_DENY_BLOCKING):
             raise LLMError("this command waits for slow work and cannot run inside "
                            "MULTI/EXEC or a script")
+        self._check_room()
+        handle = keys.block(ctx, timeout_ms)
+        # Only this (main) thread adds jobs, so the check above holds.
+        self._jobs.put_nowait((handle, 0, job))
+
+    def submit(self, ctx: int, job: Job) -> None:
+        """Run ``job(locked)`` on a worker with no client waiting (LLM.RUN
+        --ASYNC): its writes go to the caller's database, its reply is dropped.
+        Raises LLMError at once when the queue is full."""
+        self._check_room()
+        self._jobs.put_nowait((0, keys.selected_db(ctx), job))
+
+    def _check_room(self) -> None:
         self._start()
         if self._jobs.full():
             raise LLMError(f"the worker queue is full ({self._jobs.maxsize} jobs waiting); retry later")
-        handle = keys.block(ctx, timeout_ms)
-        # Only this (main) thread adds jobs, so the check above holds.
-        self._jobs.put_nowait((handle, job))
 
     def _start(self) -> None:
         # Only Redis' main thread calls run(), so no lock is needed here.
@@ -59,12 +69,13 @@ class WorkerPool:
 
     def _work(self) -> None:
         while True:
-            handle, job = self._jobs.get()
+            handle, db, job = self._jobs.get()
             try:
-                reply = job(functools.partial(keys.locked, handle))
+                reply = job(functools.partial(keys.locked, handle, db))
             except Exception as exc:
                 reply = error_reply(exc, "a blocked command")
-            keys.unblock(handle, reply)
+            if handle:
+                keys.unblock(handle, reply)
 
 
 # The module's pool, made by bridge.load from POOL_SIZE and QUEUE_SIZE.
