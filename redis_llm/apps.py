@@ -19,6 +19,7 @@ import jinja2.meta
 import jinja2.sandbox
 
 from redis_llm.errors import LLMError
+from redis_llm.records import DEFAULT_LIMIT, Records, encode_vector
 
 ENCODING_VERSION = 1
 KINDS = ("app", "search", "chat")
@@ -151,7 +152,8 @@ class App:
     type_tag = b"llm-app"
 
     def __init__(self, kind: str, llm: bytes, prompt: str | None = None, store: bytes | None = None,
-                 k: int = 3, history: dict | None = None):
+                 k: int = 3, history: dict | None = None, record_limit: int = DEFAULT_LIMIT,
+                 review: dict | None = None):
         if kind not in KINDS:
             raise LLMError(f"unknown app kind {kind!r}")
         # Checked here too for values read back from RDB or RESTORE.
@@ -174,6 +176,7 @@ class App:
         self.summary_template = Template(self.history["summary_prompt"], "summary_prompt") \
             if self.history else None
         self.sessions: dict[bytes, Session] = {}
+        self.records = Records(record_limit, review)
 
     @property
     def prompt(self) -> str:
@@ -195,6 +198,7 @@ class App:
     def _state(self) -> dict:
         return {"kind": self.kind, "llm": _text(self.llm), "store": _text(self.store),
                 "prompt": self.prompt, "k": self.k, "history": self.history,
+                "records": self.records.state(),
                 "sessions": {_text(sid): [s.messages, s.unsummarised, s.summaries]
                              for sid, s in sorted(self.sessions.items())}}
 
@@ -213,12 +217,14 @@ class App:
             state = json.loads(bytes(chunks[1]))
             app = cls(state["kind"], _bytes(state["llm"]), state["prompt"], _bytes(state["store"]),
                       state["k"], state["history"])
+            if "records" in state:
+                app.records = Records.from_state(state["records"])
             for sid, (messages, unsummarised, summaries) in state["sessions"].items():
                 if not all(_is_message(m) for m in messages) or not _count(unsummarised) or \
                         not _count(summaries) or unsummarised > len(messages):
                     raise ValueError("bad chat session")
                 app.sessions[_bytes(sid)] = Session(messages, unsummarised, summaries)
-        except (LLMError, KeyError, TypeError, ValueError) as exc:
+        except (LLMError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"corrupt app: {exc}") from None
         return app
 
@@ -233,18 +239,30 @@ class App:
             command += [b"--K", b"%d" % self.k]
         if self.kind == "chat":
             command += [b"--HISTORY", _compact(self.history)]
+        command += [b"--RECORD", b"%d" % self.records.limit, b"--REVIEW", _compact(self.records.review)]
         return command
 
     def aof_commands(self, key: bytes):
         yield self.create_command(key)
         for sid, session in sorted(self.sessions.items()):
             yield chat_log_command(key, sid, session, session.messages)
+        for record in self.records.items.values():
+            yield result_set_command(key, record, self.records.vectors.get(record["id"]))
 
     def memory_usage(self) -> int:
         return 1024 + 2 * len(self._json())
 
     def digest(self) -> list[bytes]:
         return [self.type_tag, self._json()]
+
+
+def result_set_command(key: bytes, record: dict, vector=None) -> list[bytes]:
+    """The LLM.RESULT-SET command that stores ``record``: how records are
+    replicated and rewritten to the AOF."""
+    payload = dict(record)
+    if vector is not None:
+        payload["vector"] = encode_vector(vector)
+    return [b"LLM.RESULT-SET", key, _compact(payload)]
 
 
 def chat_log_command(key: bytes, sid: bytes, session: Session, messages: list[dict]) -> list[bytes]:

@@ -9,7 +9,7 @@ call with its syntax before the handler sees it.
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from redis_llm import keys, pool
@@ -18,6 +18,7 @@ from redis_llm.apps import (
     chat_log_command,
     conversation_text,
     parse_messages,
+    result_set_command,
 )
 from redis_llm.errors import LLMError
 from redis_llm.parsing import (
@@ -36,7 +37,10 @@ from redis_llm.parsing import (
     shown,
     uint64,
 )
+from redis_llm.records import STATES, check_record, decode_vector, now_ms
+from redis_llm.records import reply as record_reply
 from redis_llm.providers import TYPES as LLM_TYPES
+from redis_llm.providers import Completion
 from redis_llm.providers import LLMModel
 from redis_llm.store import StoreParams, VectorStore
 
@@ -236,16 +240,19 @@ def _create(ctx: int, args: Args, cls: type, value, event: bytes) -> int:
 # ---- applications -----------------------------------------------------------
 
 def create_app(ctx: int, args: Args):
-    return _create(ctx, args, App, App("app", args.llm, _prompt(args)), b"llm.create-app")
+    app = App("app", args.llm, _prompt(args), record_limit=args.record, review=args.review)
+    return _create(ctx, args, App, app, b"llm.create-app")
 
 
 def create_search(ctx: int, args: Args):
-    app = App("search", args.llm, _prompt(args), store=args.vector_store, k=args.k)
+    app = App("search", args.llm, _prompt(args), store=args.vector_store, k=args.k,
+              record_limit=args.record, review=args.review)
     return _create(ctx, args, App, app, b"llm.create-search")
 
 
 def create_chat(ctx: int, args: Args):
-    app = App("chat", args.llm, _prompt(args), store=args.vector_store, history=args.history)
+    app = App("chat", args.llm, _prompt(args), store=args.vector_store, history=args.history,
+              record_limit=args.record, review=args.review)
     return _create(ctx, args, App, app, b"llm.create-chat")
 
 
@@ -260,19 +267,104 @@ def run(ctx: int, args: Args):
     if args.session is not None and app.kind != "chat":
         raise LLMError("--SESSION is for chat apps")
     model = keys.read_referenced(ctx, app.llm, LLMModel, "an LLM")
+    if getattr(args, "async") and not app.records.limit:
+        raise LLMError("--ASYNC needs records: the app was created with --RECORD 0")
+    if getattr(args, "async") and args.timeout:
+        raise LLMError("options --ASYNC and --TIMEOUT cannot be combined")
     text = None if args.input is None else _text(args.input)
     variables = args.vars or {}
+    provider = model.provider()
+    embed_model = ""
     if app.kind == "app":
-        job = _simple_job(app, model.provider(), text, variables, args)
+        job = _simple_job(app, provider, text, variables, args)
     else:
         store = keys.read_referenced(ctx, app.store, VectorStore, "a vector store")
         embedder = _embedder(ctx, store, app.llm, "question")
+        embed_model = embedder.embedding_model
         if text is None:
             raise LLMError(f"a {app.kind} app needs an input")
         make = _search_job if app.kind == "search" else _chat_job
-        job = make(app, model.provider(), embedder, text, variables, args)
+        job = make(app, provider, embedder, text, variables, args)
+    record = None
+    if app.records.limit:
+        record = app.records.new(
+            args.key, question=text or "", vars=args.vars, model=provider.chat_model,
+            embed_model=embed_model,
+            session=None if args.session is None else args.session.decode("latin-1"),
+            tags=args.tags or [])
+        _save_record(ctx, args.key, app, record)
+    job = _recorded(app, args, record, job)
+    if getattr(args, "async"):
+        pool.workers.submit(ctx, job)
+        return record["id"]
     pool.workers.run(ctx, job, args.timeout)
     return keys.BLOCKED
+
+
+def _recorded(app: App, args: Args, record: dict | None, job):
+    """Wrap a run's job: its record goes running, then done or failed."""
+    def recorded(locked):
+        started = time.monotonic()
+        if record is not None:
+            locked(lambda ctx: _update_record(ctx, args.key, app, record, state="running"))
+        try:
+            outcome = job(locked)
+        except LLMError as exc:
+            error = exc.args[0]
+            if record is not None:
+                locked(lambda ctx: _update_record(ctx, args.key, app, record, state="failed",
+                                                  error=error))
+            raise
+        if record is not None:
+            best = outcome.items[0] if outcome.items and app.kind == "search" else None
+            meta = (best[3] or {}) if best else {}
+            changes = dict(
+                state="done", question=outcome.question, answer=outcome.completion.text,
+                model=outcome.completion.model if outcome.served_from == "llm" else record["model"],
+                latency_ms=int((time.monotonic() - started) * 1000),
+                prompt_tokens=outcome.completion.prompt_tokens,
+                completion_tokens=outcome.completion.completion_tokens,
+                served_from=outcome.served_from)
+            if app.kind == "search":
+                changes["matches"] = [
+                    {"id": item_id, "distance": float(distance),
+                     "source": (m or {}).get("source"), "page": (m or {}).get("page"),
+                     "content": _text(data)}
+                    for item_id, distance, data, m in outcome.items]
+                changes["match_source"] = meta.get("source")
+                changes["match_page"] = meta.get("page")
+            locked(lambda ctx: _update_record(ctx, args.key, app, record, outcome.vector, **changes))
+        return _answer(outcome, args)
+    return recorded
+
+
+def _save_record(ctx: int, key: bytes, app: App, record: dict, vector=None) -> None:
+    app.records.put(record, vector)
+    keys.replicate(ctx, b"LLM.RESULT-SET", result_set_command(key, record, vector)[1:])
+    keys.notify(ctx, b"llm.result", key)
+
+
+def _update_record(ctx: int, key: bytes, app: App, record: dict, vector=None, **changes) -> None:
+    """Change a record under Redis' lock; nothing when the app was replaced,
+    deleted, or the record dropped out of its retention meanwhile."""
+    if keys.read(ctx, key, App) is not app:
+        return
+    current = app.records.get(record["id"])
+    if current is None:
+        return
+    _save_record(ctx, key, app, {**current, **changes, "updated_at": now_ms()}, vector)
+
+
+@dataclass
+class _Outcome:
+    """What a run produced, for its reply and its record."""
+
+    completion: Completion
+    prompt: str
+    question: str
+    items: list = field(default_factory=list)
+    vector: object = None
+    served_from: str = "llm"
 
 
 def _simple_job(app: App, provider, text: str | None, variables: dict, args: Args):
@@ -282,21 +374,55 @@ def _simple_job(app: App, provider, text: str | None, variables: dict, args: Arg
             prompt = f"{prompt}\n\n{text}" if prompt else text
         if not prompt:
             raise LLMError("nothing to ask: the app has no prompt and no input was given")
+        question = text or prompt
+        vector = None
+        if app.records.limit and locked(lambda ctx: app.records.reviewed(_serve(app))):
+            reviewed = locked(lambda ctx: app.records.matching_reviews(question, None, _serve(app)))
+            if not reviewed:
+                try:  # a similar question may match, if the LLM can embed
+                    vector = provider.embed([question])[0]
+                except LLMError:
+                    vector = None
+            served = _served(locked, app, question, vector)
+            if served:
+                return _Outcome(served, prompt, question, vector=vector, served_from="review")
         completion = provider.chat([{"role": "user", "content": prompt}], args.params)
-        return _answer(completion, args, prompt)
+        return _Outcome(completion, prompt, question, vector=vector)
     return job
+
+
+def _serve(app: App) -> float:
+    return app.records.review["serve_score"]
+
+
+def _served(locked, app: App, question: str, vector) -> Completion | None:
+    """The reviewed answer (serve band) to this question or one close to it."""
+    found = locked(lambda ctx: app.records.matching_reviews(question, vector, _serve(app)))
+    return Completion(found[0]["reviewed_answer"], "review") if found else None
 
 
 def _search_job(app: App, provider, embedder, question: str, variables: dict, args: Args):
     def job(locked):
         app.template.render({**variables, "context": "", "question": question})  # fail early
         vector = embedder.embed([question])[0]
+        served = _served(locked, app, question, vector) if app.records.limit else None
+        if served:
+            return _Outcome(served, "", question, vector=vector, served_from="review")
         items = locked(lambda ctx: _nearest(ctx, app.store, vector, app.k, None))
-        context = "\n\n".join(_context_item(data, meta) for _, _, data, meta in items)
+        experts = locked(lambda ctx: app.records.matching_reviews(
+            question, vector, app.records.review["context_score"], _serve(app)))
+        context = "\n\n".join(
+            [_expert_item(record) for record in experts] +
+            [_context_item(data, meta) for _, _, data, meta in items])
         prompt = app.template.render({**variables, "context": context, "question": question})
         completion = provider.chat([{"role": "user", "content": prompt}], args.params)
-        return _answer(completion, args, prompt, items)
+        return _Outcome(completion, prompt, question, items, vector)
     return job
+
+
+def _expert_item(record: dict) -> str:
+    return (f"{record['question']}\n{record['reviewed_answer']}\n"
+            f"(source: expert review, score: {record['reviewed_score']:g})")
 
 
 def _chat_job(app: App, provider, embedder, text: str, variables: dict, args: Args):
@@ -328,7 +454,7 @@ def _chat_job(app: App, provider, embedder, text: str, variables: dict, args: Ar
                 # The turn is recorded and answered; the messages wait for
                 # the next turn's summary.
                 keys.log("warning", f"chat app {shown(args.key)}: summary failed: {exc}")
-        return _answer(completion, args, system, summaries)
+        return _Outcome(completion, system, text, summaries)
     return job
 
 
@@ -382,7 +508,8 @@ def _context_item(data: bytes, meta: dict | None) -> str:
     return _text(data) + (f"\n({', '.join(fields)})" if fields else "")
 
 
-def _answer(completion, args: Args, prompt: str, items: list = ()):
+def _answer(outcome: _Outcome, args: Args):
+    completion, prompt, items = outcome.completion, outcome.prompt, outcome.items
     if not args.verbose:
         return completion.text.encode()
     return [b"answer", completion.text.encode(), b"prompt", prompt.encode(),
@@ -390,7 +517,95 @@ def _answer(completion, args: Args, prompt: str, items: list = ()):
                         _dump_json(meta) if meta is not None else None]
                        for item_id, distance, data, meta in items],
             b"model", completion.model.encode(), b"prompt_tokens", completion.prompt_tokens,
-            b"completion_tokens", completion.completion_tokens]
+            b"completion_tokens", completion.completion_tokens,
+            b"served_from", outcome.served_from.encode()]
+
+
+# ---- records and reviews ----------------------------------------------------
+
+def _app(ctx: int, key: bytes) -> App:
+    app = keys.read(ctx, key, App)
+    if app is None:
+        raise LLMError(f"no app at key {shown(key)}")
+    return app
+
+
+def result(ctx: int, args: Args):
+    app = keys.read(ctx, args.key, App)
+    record = app.records.get(args.id) if app is not None else None
+    return record_reply(record) if record is not None else None
+
+
+def results(ctx: int, args: Args):
+    app = keys.read(ctx, args.key, App)
+    if app is None:
+        return []
+    reviewed = True if args.reviewed else False if args.unreviewed else None
+    found = app.records.query(
+        state=args.state, reviewed=reviewed, model=_opt_text(args.model), tag=_opt_text(args.tag),
+        session=None if args.session is None else args.session.decode("latin-1"),
+        min_score=args.min_score, max_score=args.max_score, since=args.since, count=args.count,
+        offset=args.offset)
+    return [record_reply(record) for record in found]
+
+
+def review(ctx: int, args: Args):
+    app = _app(ctx, args.key)
+    record = app.records.get(args.id)
+    if record is None:
+        raise LLMError(f"no result {args.id} in app {shown(args.key)}")
+    if record["state"] != "done":
+        raise LLMError(f"result {args.id} is {record['state']}; only done results can be reviewed")
+    reviewed = {**record, "reviewed_answer": _text(args.answer), "reviewed_score": args.score,
+                "reviewed_notes": None if args.notes is None else _text(args.notes),
+                "reviewer": keys.current_user(ctx).decode("utf-8", "replace"),
+                "updated_at": now_ms()}
+    _save_record(ctx, args.key, app, reviewed)
+    return 1
+
+
+def record_result(ctx: int, args: Args):
+    app = _app(ctx, args.key)
+    if not app.records.limit:
+        raise LLMError(f"the app at key {shown(args.key)} keeps no records (--RECORD 0)")
+    record = app.records.new(
+        args.key, state="done", question=_text(args.question), answer=_text(args.answer),
+        model=_opt_text(args.model), latency_ms=args.latency, tags=args.tags or [],
+        session=None if args.session is None else args.session.decode("latin-1"),
+        meta=args.meta, served_from="llm")
+    _save_record(ctx, args.key, app, record)
+    return record["id"]
+
+
+def stats(ctx: int, args: Args):
+    return _app(ctx, args.key).records.stats()
+
+
+def result_set(ctx: int, args: Args):
+    app = _app(ctx, args.key)
+    try:
+        payload = json.loads(args.record)
+        if not isinstance(payload, dict):
+            raise ValueError
+        vector = payload.pop("vector", None)
+        vector = None if vector is None else decode_vector(vector)
+    except (ValueError, TypeError):
+        raise LLMError("the record must be a JSON object") from None
+    app.records.put(check_record(payload), vector)
+    keys.replicate_verbatim(ctx)
+    keys.notify(ctx, b"llm.result", args.key)
+    return 1
+
+
+def _opt_text(value: bytes | None) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _tags(arg: bytes) -> list[str]:
+    tags = [tag.strip() for tag in arg.decode("utf-8", "replace").split(",")]
+    if not all(tags):
+        raise ValueError("must be comma-separated non-empty tags")
+    return tags
 
 
 def chat_log(ctx: int, args: Args):
@@ -463,6 +678,8 @@ _NX_XX = (Option("--NX"), Option("--XX"))
 _LLM_OPTION = Option("--LLM", bytes, required=True)
 _STORE_OPTION = Option("--VECTOR-STORE", bytes, required=True)
 _TIMEOUT = Option("--TIMEOUT", integer(0, 2**31 - 1), default=0)
+_RECORDS = (Option("--RECORD", integer(0, 1_000_000), default=10000), Option("--REVIEW", json_object))
+_SCORE = decimal(0, 100)
 
 COMMANDS = [
     Command("LLM.CREATE-LLM", create_llm, "write deny-oom", -2, (KeySpec(KEY_OW | KEY_UPDATE),),
@@ -473,29 +690,57 @@ COMMANDS = [
             secret_options=(b"--PARAMS",)),
     Command("LLM.CREATE-APP", create_app, "write deny-oom", -4,
             (KeySpec(KEY_OW | KEY_UPDATE), KeySpec(KEY_RO, keyword="--LLM")),
-            Syntax(_KEY, [*_NX_XX, _LLM_OPTION, Option("--PROMPT", bytes)],
+            Syntax(_KEY, [*_NX_XX, _LLM_OPTION, Option("--PROMPT", bytes), *_RECORDS],
                    exclusive=[("--NX", "--XX")]),
             "Create an app: a prompt template run by an LLM"),
     Command("LLM.CREATE-SEARCH", create_search, "write deny-oom", -6,
             (KeySpec(KEY_OW | KEY_UPDATE), KeySpec(KEY_RO, keyword="--LLM"),
              KeySpec(KEY_RO, keyword="--VECTOR-STORE")),
             Syntax(_KEY, [*_NX_XX, _LLM_OPTION, _STORE_OPTION, Option("--K", integer(1, 100), default=3),
-                          Option("--PROMPT", bytes)],
+                          Option("--PROMPT", bytes), *_RECORDS],
                    exclusive=[("--NX", "--XX")]),
             "Create a search app: answers questions from the K nearest items of a vector store"),
     Command("LLM.CREATE-CHAT", create_chat, "write deny-oom", -6,
             (KeySpec(KEY_OW | KEY_UPDATE), KeySpec(KEY_RO, keyword="--LLM"),
              KeySpec(KEY_RO, keyword="--VECTOR-STORE")),
             Syntax(_KEY, [*_NX_XX, _LLM_OPTION, _STORE_OPTION, Option("--HISTORY", json_object),
-                          Option("--PROMPT", bytes)],
+                          Option("--PROMPT", bytes), *_RECORDS],
                    exclusive=[("--NX", "--XX")]),
             "Create a chat app whose long history is summarised into a vector store"),
     Command("LLM.RUN", run, "write deny-oom", -2, (KeySpec(KEY_RW | KEY_UPDATE),),
             Syntax(_KEY, [Option("--VARS", json_object), Option("--PARAMS", json_object),
-                          Option("--VERBOSE"), _TIMEOUT, Option("--SESSION", bytes)],
+                          Option("--VERBOSE"), _TIMEOUT, Option("--SESSION", bytes),
+                          Option("--ASYNC"), Option("--TAGS", _tags)],
                    trailing="optional", trailing_name="input"),
             "Run an app with an input and template variables; returns the completion",
             complexity="O(1) plus the model call"),
+    Command("LLM.RESULT", result, "readonly", 3, (KeySpec(KEY_RO | KEY_ACCESS),), Syntax(_KEY_ID),
+            "A recorded result of an app, as field/value pairs; nil for an unknown id"),
+    Command("LLM.RESULTS", results, "readonly", -2, (KeySpec(KEY_RO | KEY_ACCESS),),
+            Syntax(_KEY, [Option("--STATE", choice(*STATES)), Option("--REVIEWED"),
+                          Option("--UNREVIEWED"), Option("--MODEL", bytes), Option("--TAG", bytes),
+                          Option("--SESSION", bytes), Option("--MIN-SCORE", _SCORE),
+                          Option("--MAX-SCORE", _SCORE), Option("--SINCE", integer(0, 2**62)),
+                          Option("--COUNT", integer(1, 10000), default=10),
+                          Option("--OFFSET", integer(0, 2**31), default=0)],
+                   exclusive=[("--REVIEWED", "--UNREVIEWED")]),
+            "Recorded results of an app matching filters, newest first", complexity="O(N)"),
+    Command("LLM.REVIEW", review, "write deny-oom", -7, (KeySpec(KEY_RW | KEY_UPDATE),),
+            Syntax(_KEY_ID, [Option("--ANSWER", bytes, required=True),
+                             Option("--SCORE", _SCORE, required=True), Option("--NOTES", bytes)]),
+            "Review a result: the expert's answer and a 0-100 confidence score"),
+    Command("LLM.RECORD", record_result, "write deny-oom", -6, (KeySpec(KEY_RW | KEY_INSERT),),
+            Syntax(_KEY, [Option("--QUESTION", bytes, required=True),
+                          Option("--ANSWER", bytes, required=True), Option("--MODEL", bytes),
+                          Option("--LATENCY", integer(0, 2**31)), Option("--TAGS", _tags),
+                          Option("--SESSION", bytes), Option("--META", json_object)]),
+            "Record a question and answer computed elsewhere (an agent's result); returns its id"),
+    Command("LLM.STATS", stats, "readonly", 2, (KeySpec(KEY_RO | KEY_ACCESS),), Syntax(_KEY),
+            "Counts by state and review band, mean score, and per model figures",
+            complexity="O(N)"),
+    Command("LLM.RESULT-SET", result_set, "write deny-oom", 3, (KeySpec(KEY_RW | KEY_UPDATE),),
+            Syntax(_KEY, trailing="required", trailing_name="record"),
+            "Store a whole record (how records are replicated and rewritten to the AOF)"),
     Command("LLM.CHAT-LOG", chat_log, "write deny-oom", -3, (KeySpec(KEY_RW | KEY_INSERT),),
             Syntax(_KEY, [Option("--SESSION", bytes), Option("--UNSUMMARISED", integer(0, 2**31)),
                           Option("--SUMMARIES", integer(0, 2**31))],

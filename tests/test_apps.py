@@ -81,10 +81,10 @@ def sent_messages(api: OpenAIServer, index: int = -1) -> list:
 
 def verbose(reply: list) -> dict:
     """An LLM.RUN --VERBOSE reply as a dict (and its keys in order)."""
-    assert len(reply) == 12, reply
+    assert len(reply) == 14, reply
     names = reply[0::2]
     assert names == [b"answer", b"prompt", b"items", b"model", b"prompt_tokens",
-                     b"completion_tokens"], names
+                     b"completion_tokens", b"served_from"], names
     return dict(zip((n.decode() for n in names), reply[1::2]))
 
 
@@ -393,7 +393,7 @@ def test_verbose_reply_has_prompt_model_and_the_servers_token_counts(r, api, llm
     assert reply == {"answer": b"Hello LLM, nice to meet you",
                      "prompt": b"Say hello to LLM\n\nplease",
                      "items": [], "model": b"gpt-3.5-turbo",
-                     "prompt_tokens": 5, "completion_tokens": 6}
+                     "prompt_tokens": 5, "completion_tokens": 6, "served_from": b"llm"}
 
 
 def test_verbose_model_and_token_counts_come_from_the_llm(r, api):

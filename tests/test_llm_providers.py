@@ -410,7 +410,8 @@ def test_verbose_run_reports_the_model_and_the_token_counts(r, api):
     api.script("three word answer")
     reply = run(r, "--VERBOSE", "one two")
     assert reply == [b"answer", b"three word answer", b"prompt", b"one two", b"items", [],
-                     b"model", b"gpt-test", b"prompt_tokens", 2, b"completion_tokens", 3]
+                     b"model", b"gpt-test", b"prompt_tokens", 2, b"completion_tokens", 3,
+                     b"served_from", b"llm"]
 
 
 # ---- 3. Azure OpenAI -------------------------------------------------------------

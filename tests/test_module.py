@@ -19,7 +19,8 @@ import redis
 import redis_llm
 from redis_llm.testing import RedisServer
 
-COMMANDS = {"llm.create-vector-store", "llm.add", "llm.get", "llm.rem", "llm.size", "llm.knn",
+COMMANDS = {"llm.result", "llm.results", "llm.review", "llm.record", "llm.stats", "llm.result-set",
+            "llm.create-vector-store", "llm.add", "llm.get", "llm.rem", "llm.size", "llm.knn",
             "llm.create-llm", "llm.create-app", "llm.create-search", "llm.create-chat", "llm.run",
             "llm.chat-log", "llm.history"}
 

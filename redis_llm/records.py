@@ -1,0 +1,237 @@
+"""Recorded results and expert reviews: the review loop of an app.
+
+Every LLM.RUN of an app (and every LLM.RECORD of an agent) leaves a record;
+experts review records with a 0-100 confidence score, and reviewed answers
+improve later answers: a review in the serve band answers the same question
+again without calling the LLM; one in the context band goes first into a
+search app's context. Records live in the app's value, so they are saved,
+replicated and restored with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import numpy as np
+
+from redis_llm.errors import LLMError
+
+FIELDS = ("id", "app", "state", "question", "vars", "answer", "error", "model", "embed_model",
+          "latency_ms", "prompt_tokens", "completion_tokens", "matches", "match_source",
+          "match_page", "session", "tags", "meta", "created_at", "updated_at", "reviewed_answer",
+          "reviewed_score", "reviewed_notes", "reviewer", "served_from")
+STATES = ("pending", "running", "done", "failed")
+# The seed's confidence bands, lowest first: (name, lowest score).
+BANDS = (("not confident", 0), ("somewhat confident", 65), ("confident", 80),
+         ("a known fact", 95))
+DEFAULT_LIMIT = 10000
+DEFAULT_REVIEW = {"serve_score": 95, "context_score": 80, "distance": 0.1}
+_JSON_FIELDS = {"vars", "matches", "meta"}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def band(score: float) -> str:
+    return [name for name, low in BANDS if score >= low][-1]
+
+
+def review_settings(given: dict | None) -> dict:
+    """The bands and distance threshold of an app (``--REVIEW`` at creation)."""
+    settings = dict(DEFAULT_REVIEW)
+    for name, value in (given or {}).items():
+        if name not in settings:
+            raise LLMError(f"unknown --REVIEW field {name!r}; known: {', '.join(DEFAULT_REVIEW)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise LLMError(f"--REVIEW field {name!r} must be a number")
+        high = 2.0 if name == "distance" else 100
+        if not 0 <= value <= high:
+            raise LLMError(f"--REVIEW field {name!r} must be from 0 to {high:g}")
+        settings[name] = value
+    if settings["context_score"] > settings["serve_score"]:
+        raise LLMError("--REVIEW context_score must not be above serve_score")
+    return settings
+
+
+class Records:
+    """The newest ``limit`` records of an app, by id, plus the embeddings of
+    their questions where known (for matching later questions)."""
+
+    def __init__(self, limit: int = DEFAULT_LIMIT, review: dict | None = None):
+        self.limit = limit
+        self.review = review_settings(review)
+        self.next_id = 1
+        self.items: dict[int, dict] = {}
+        self.vectors: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def new(self, app_key: bytes, **fields) -> dict:
+        """A new record (not stored yet: see put)."""
+        stamp = now_ms()
+        record = {"id": self.next_id, "app": app_key.decode("latin-1"), "created_at": stamp,
+                  "updated_at": stamp, "state": "pending", **fields}
+        self.next_id += 1
+        return record
+
+    def put(self, record: dict, vector: np.ndarray | None = None) -> None:
+        """Store (or replace) a record; the oldest go beyond the limit."""
+        rid = record["id"]
+        self.items[rid] = record
+        self.next_id = max(self.next_id, rid + 1)
+        if vector is not None:
+            self.vectors[rid] = np.asarray(vector, dtype=np.float32)
+        while len(self.items) > self.limit:
+            oldest = next(iter(self.items))
+            del self.items[oldest]
+            self.vectors.pop(oldest, None)
+
+    def get(self, rid: int) -> dict | None:
+        return self.items.get(rid)
+
+    def query(self, state=None, reviewed=None, model=None, tag=None, session=None,
+              min_score=None, max_score=None, since=None, count=10, offset=0) -> list[dict]:
+        """Records matching every filter given, newest first."""
+        out = []
+        skipped = 0
+        for record in reversed(self.items.values()):
+            score = record.get("reviewed_score")
+            if (state is not None and record.get("state") != state) or \
+                    (reviewed is not None and (score is not None) != reviewed) or \
+                    (model is not None and record.get("model") != model) or \
+                    (tag is not None and tag not in record.get("tags", [])) or \
+                    (session is not None and record.get("session") != session) or \
+                    (min_score is not None and (score is None or score < min_score)) or \
+                    (max_score is not None and (score is None or score > max_score)) or \
+                    (since is not None and record["created_at"] < since):
+                continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            out.append(record)
+            if len(out) >= count:
+                break
+        return out
+
+    def reviewed(self, low: float, high: float = 101) -> list[dict]:
+        return [r for r in self.items.values()
+                if r.get("reviewed_score") is not None and low <= r["reviewed_score"] < high]
+
+    def matching_reviews(self, question: str, vector, low: float, high: float = 101) -> list[dict]:
+        """Reviewed records in the score range [low, high) whose question is
+        this one, or whose question's embedding lies within the distance
+        threshold of ``vector`` (cosine distance), nearest first."""
+        found = []
+        for record in self.reviewed(low, high):
+            if record.get("question") == question:
+                found.append((0.0, record["id"], record))
+            elif vector is not None and record["id"] in self.vectors:
+                distance = _cosine_distance(vector, self.vectors[record["id"]])
+                if distance <= self.review["distance"]:
+                    found.append((distance, record["id"], record))
+        return [record for _, _, record in sorted(found, key=lambda f: (f[0], -f[1]))]
+
+    def stats(self) -> list:
+        by_state = {state: 0 for state in STATES}
+        by_band = {name: 0 for name, _ in BANDS}
+        scores = []
+        models: dict[str, list] = {}
+        for record in self.items.values():
+            by_state[record["state"]] = by_state.get(record["state"], 0) + 1
+            if record.get("reviewed_score") is not None:
+                scores.append(record["reviewed_score"])
+                by_band[band(record["reviewed_score"])] += 1
+            if record["state"] == "done":
+                m = models.setdefault(record.get("model") or "", [0, 0, 0, 0, 0])
+                m[0] += 1
+                m[1] += record.get("latency_ms") or 0
+                m[2] += record.get("prompt_tokens") or 0
+                m[3] += record.get("completion_tokens") or 0
+        flat = lambda d: [x for k, v in d.items() for x in (k.encode(), v)]  # noqa: E731
+        return [b"records", len(self.items), b"by_state", flat(by_state), b"by_band", flat(by_band),
+                b"reviewed", len(scores),
+                b"mean_score", _number(sum(scores) / len(scores)) if scores else b"",
+                b"models", [[name.encode(), count, _number(latency / count), prompt, completion]
+                            for name, (count, latency, prompt, completion, _) in sorted(models.items())]]
+
+    # ---- persistence: part of the app's JSON state ----
+    def state(self) -> dict:
+        return {"limit": self.limit, "review": self.review, "next_id": self.next_id,
+                "items": list(self.items.values()),
+                "vectors": {str(rid): encode_vector(v) for rid, v in self.vectors.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Records:
+        records = cls(state["limit"], state["review"])
+        if not _count(records.limit):
+            raise ValueError("bad record limit")
+        for record in state["items"]:
+            records.put(check_record(record))
+        for rid, text in state["vectors"].items():
+            records.vectors[int(rid)] = decode_vector(text)
+        if not _count(state["next_id"]) or state["next_id"] < records.next_id:
+            raise ValueError("bad record counter")
+        records.next_id = state["next_id"]
+        return records
+
+
+def check_record(record) -> dict:
+    """A record read back from RDB, RESTORE or LLM.RESULT-SET: right fields, right types."""
+    if not isinstance(record, dict) or not set(record) <= set(FIELDS) or \
+            not _count(record.get("id")) or record["id"] < 1 or \
+            record.get("state") not in STATES or not _count(record.get("created_at")):
+        raise LLMError("not a valid record")
+    score = record.get("reviewed_score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
+                              or not 0 <= score <= 100):
+        raise LLMError("not a valid record: reviewed_score")
+    return record
+
+
+def reply(record: dict) -> list[bytes]:
+    """A record as a flat field/value array, as HGETALL replies."""
+    out = []
+    for name in FIELDS:
+        value = record.get(name)
+        if value is None:
+            text = b""
+        elif name in _JSON_FIELDS:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        elif name == "tags":
+            text = ",".join(value).encode()
+        elif isinstance(value, float):
+            text = _number(value)
+        else:
+            text = str(value).encode()
+        out += [name.encode(), text]
+    return out
+
+
+def encode_vector(vector: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+
+
+def decode_vector(text: str) -> np.ndarray:
+    raw = base64.b64decode(text, validate=True)
+    if not raw or len(raw) % 4:
+        raise ValueError("bad vector")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+def _number(value: float) -> bytes:
+    return (b"%.6g" % value) if value != int(value) else b"%d" % int(value)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        return 2.0
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return 1.0 - float(np.dot(a, b)) / norm if norm else 2.0
