@@ -286,6 +286,8 @@ def run(ctx: int, args: Args):
         make = _search_job if app.kind == "search" else _chat_job
         job = make(app, provider, embedder, text, variables, args)
     record = None
+    # Nothing is recorded for a run the pool would refuse.
+    pool.workers.check(ctx, blocking=not getattr(args, "async"))
     if app.records.limit:
         record = app.records.new(
             args.key, question=text or "", vars=args.vars, model=provider.chat_model,

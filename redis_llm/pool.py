@@ -39,10 +39,7 @@ class WorkerPool:
         the job goes on. Raises LLMError at once inside MULTI/EXEC or a
         script, or when the queue is full; the client is then not blocked.
         """
-        if keys.context_flags(ctx) & (_CTX_LUA | _CTX_MULTI | _CTX_DENY_BLOCKING):
-            raise LLMError("this command waits for slow work and cannot run inside "
-                           "MULTI/EXEC or a script")
-        self._check_room()
+        self.check(ctx, blocking=True)
         handle = keys.block(ctx, timeout_ms)
         # Only this (main) thread adds jobs, so the check above holds.
         self._jobs.put_nowait((handle, 0, job))
@@ -51,10 +48,15 @@ class WorkerPool:
         """Run ``job(locked)`` on a worker with no client waiting (LLM.RUN
         --ASYNC): its writes go to the caller's database, its reply is dropped.
         Raises LLMError at once when the queue is full."""
-        self._check_room()
+        self.check(ctx, blocking=False)
         self._jobs.put_nowait((0, keys.selected_db(ctx), job))
 
-    def _check_room(self) -> None:
+    def check(self, ctx: int, blocking: bool) -> None:
+        """Raise the LLMError that run() (blocking) or submit() would raise
+        now: a command calls it before it writes anything."""
+        if blocking and keys.context_flags(ctx) & (_CTX_LUA | _CTX_MULTI | _CTX_DENY_BLOCKING):
+            raise LLMError("this command waits for slow work and cannot run inside "
+                           "MULTI/EXEC or a script")
         self._start()
         if self._jobs.full():
             raise LLMError(f"the worker queue is full ({self._jobs.maxsize} jobs waiting); retry later")
