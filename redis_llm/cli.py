@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -75,8 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="add documents (.txt .md .csv .tsv .pdf .parquet, directories) to a vector store",
         description="Read files (directories are walked recursively), cut them into items and "
                     "add them to a vector store, whose LLM embeds them. Ingesting a file again "
-                    "replaces its items. The source of an item is its file's absolute path.")
-    ingest.add_argument("store", help="the vector store key (it must have an LLM)")
+                    "replaces its items. The source of an item is its file's absolute path. "
+                    "The number of items of each file is kept in the hash STORE:ingested (in "
+                    "Redis Cluster give STORE a hash tag, such as {docs}, so that both share "
+                    "a slot).")
+    ingest.add_argument("store", metavar="STORE", help="the vector store key (it must have an LLM)")
     ingest.add_argument("paths", nargs="+", metavar="PATH", help="files and directories")
     ingest.add_argument("--chunk-size", type=_positive, default=1000,
                         help="the most characters in an item (default 1000)")
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export", parents=[connection], help="export the recorded results of an app",
         description="Write the records of an app, newest first: JSON lines or CSV.")
-    export.add_argument("app", help="the app key")
+    export.add_argument("app", metavar="APP", help="the app key")
     export.add_argument("--reviewed", action="store_true", help="only reviewed records")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
                         help="jsonl (default) or csv")
@@ -101,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "review", parents=[connection], help="review the answers of an app",
         description="Review the unreviewed answers of an app one by one (interactive), or "
                     "review one record: --id ID --answer TEXT --score S [--notes TEXT].")
-    review.add_argument("app", help="the app key")
+    review.add_argument("app", metavar="APP", help="the app key")
     review.add_argument("--id", help="the record to review (non-interactive)")
     review.add_argument("--answer", help="the reviewed answer (with --id)")
     review.add_argument("--score", help="the score, 0-100 (with --id)")
@@ -241,7 +245,7 @@ class _Pipeline:
     client: object
     batch: int
     summary: IngestSummary
-    progress: "_Progress"
+    progress: _Progress
     limit: int = 0
     pipe: object = None
     labels: list = field(default_factory=list)
@@ -297,7 +301,8 @@ class _Pipeline:
 def ingest(client, store: str, paths: list[str], *, chunk_size: int = 1000, overlap: int = 200,
            csv_mode: str = "row", batch: int = 64, progress: bool = True,
            stderr: TextIO | None = None) -> IngestSummary:
-    """Add the items of the files under ``paths`` to ``store`` (see the module's doc)."""
+    """Add the items of the files under ``paths`` to ``store`` (see
+    redis_llm.ingest for the files, items and ids, and above for the manifest)."""
     stderr = stderr if stderr is not None else sys.stderr
     chunk_text("", chunk_size, overlap)           # checks the sizes
     files = find_files(paths)
@@ -307,7 +312,13 @@ def ingest(client, store: str, paths: list[str], *, chunk_size: int = 1000, over
         raise CLIError(f"no vector store at key {store!r}" if kind == b"none" else
                        f"the key {store!r} holds a {_text(kind)}, not a vector store")
     manifest = manifest_key(store)
-    known = {_text(name): int(value) for name, value in client.hgetall(manifest).items()}
+    known = {}
+    for name, value in client.hgetall(manifest).items():
+        try:
+            known[_text(name)] = int(value)
+        except ValueError:
+            raise CLIError(f"the manifest {manifest!r} holds a bad count for {_text(name)}: "
+                           f"{_text(value)!r}") from None
     owners = {source_prefix(name): name for name in known}
     for path in files:
         name = str(path)
@@ -373,7 +384,7 @@ def _repair_manifest(client, manifest: str, sources: list[_Source]) -> None:
             else:
                 pipe.hdel(manifest, source.name)
         pipe.execute(raise_on_error=False)
-    except Exception:
+    except Exception:  # noqa: BLE001, S110  (the error being reported matters more)
         pass
 
 
@@ -455,36 +466,40 @@ def export_row(record: dict[str, str], fmt: str) -> dict:
 def export(client, app: str, reviewed: bool = False, fmt: str = "jsonl",
            output: str | None = None, stdout: TextIO | None = None) -> int:
     """Write the records of ``app`` (newest first); return how many."""
-    out = open(output, "w", encoding="utf-8", newline="") if output else (stdout or sys.stdout)
-    try:
-        writer = None
-        if fmt == "csv":
-            writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, lineterminator="\n")
-            writer.writeheader()
-        seen: set[str] = set()
-        offset = 0
-        while True:
-            command = ["LLM.RESULTS", app] + (["--REVIEWED"] if reviewed else [])
-            page = client.execute_command(*command, "--COUNT", EXPORT_PAGE, "--OFFSET", offset)
-            for reply in page:
-                record = record_dict(reply)
-                # Records added while paging shift the pages: skip repeats.
-                if record.get("id") in seen:
-                    continue
-                seen.add(record.get("id"))
-                row = export_row(record, fmt)
-                if writer is not None:
-                    writer.writerow(row)
-                else:
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            if len(page) < EXPORT_PAGE:
-                break
-            offset += len(page)
-        out.flush()
-        return len(seen)
-    finally:
+    with contextlib.ExitStack() as stack:
         if output:
-            out.close()
+            out = stack.enter_context(open(output, "w", encoding="utf-8", newline=""))
+        else:
+            out = stdout or sys.stdout
+        return _export(client, app, reviewed, fmt, out)
+
+
+def _export(client, app: str, reviewed: bool, fmt: str, out: TextIO) -> int:
+    writer = None
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+        writer.writeheader()
+    seen: set[str] = set()
+    offset = 0
+    while True:
+        command = ["LLM.RESULTS", app] + (["--REVIEWED"] if reviewed else [])
+        page = client.execute_command(*command, "--COUNT", EXPORT_PAGE, "--OFFSET", offset)
+        for reply in page:
+            record = record_dict(reply)
+            # Records added while paging shift the pages: skip repeats.
+            if record.get("id") in seen:
+                continue
+            seen.add(record.get("id"))
+            row = export_row(record, fmt)
+            if writer is not None:
+                writer.writerow(row)
+            else:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if len(page) < EXPORT_PAGE:
+            break
+        offset += len(page)
+    out.flush()
+    return len(seen)
 
 
 def review_one(client, app: str, rid: str, answer: str, score: str, notes: str | None = None):
@@ -547,6 +562,12 @@ def show_record(record: dict[str, str], out: TextIO) -> None:
 
 def _ask(inp: TextIO, out: TextIO, prompt: str) -> str | None:
     """A line typed by the reviewer (without its newline), or None at end of input."""
+    if inp is sys.stdin and out is sys.stdout and _isatty(inp):
+        try:
+            return input(prompt)           # with line editing
+        except EOFError:
+            out.write("\n")
+            return None
     out.write(prompt)
     out.flush()
     line = inp.readline()

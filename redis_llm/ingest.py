@@ -265,12 +265,12 @@ def _pdf(path: Path, chunk_size: int, overlap: int) -> Iterator[Item]:
         if reader.is_encrypted:
             reader.decrypt("")
         pages = list(reader.pages)
-    except Exception as exc:  # pypdf raises many kinds of errors on bad files
+    except Exception as exc:  # noqa: BLE001  (pypdf raises many kinds on bad files)
         raise IngestError(f"{path}: cannot read the PDF: {exc}") from None
     for n, page in enumerate(pages, 1):
         try:
             text = page.extract_text() or ""
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             raise IngestError(f"{path}: cannot read the text of page {n}: {exc}") from None
         for chunk in chunk_text(text, chunk_size, overlap):
             yield chunk, {"page": n}
