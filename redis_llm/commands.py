@@ -44,8 +44,10 @@ from redis_llm.providers import Completion
 from redis_llm.providers import LLMModel
 from redis_llm.store import StoreParams, VectorStore
 
-# Context flags: a command replayed from the AOF or sent by a master.
+# Context flags: a command replayed from the AOF or sent by a master; where
+# a client cannot be blocked (Lua, MULTI, deny-blocking).
 _CTX_REPLICATED, _CTX_LOADING = 1 << 12, 1 << 13
+_CTX_NO_BLOCKING = (1 << 0) | (1 << 1) | (1 << 21)
 
 # Key-spec flags of the module API (RedisModule_SetCommandInfo).
 KEY_RO, KEY_RW, KEY_OW, KEY_RM = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -558,11 +560,28 @@ def review(ctx: int, args: Args):
         raise LLMError(f"no result {args.id} in app {shown(args.key)}")
     if record["state"] != "done":
         raise LLMError(f"result {args.id} is {record['state']}; only done results can be reviewed")
-    reviewed = {**record, "reviewed_answer": _text(args.answer), "reviewed_score": args.score,
-                "reviewed_notes": None if args.notes is None else _text(args.notes),
-                "reviewer": keys.current_user(ctx).decode("utf-8", "replace"),
-                "updated_at": now_ms()}
-    _save_record(ctx, args.key, app, reviewed)
+    changes = {"reviewed_answer": _text(args.answer), "reviewed_score": args.score,
+               "reviewed_notes": None if args.notes is None else _text(args.notes),
+               "reviewer": keys.current_user(ctx).decode("utf-8", "replace")}
+    needs_vector = (app.kind == "app" and args.score >= _serve(app) and
+                    args.id not in app.records.vectors and record.get("question"))
+    if needs_vector and not keys.context_flags(ctx) & _CTX_NO_BLOCKING:
+        # A served answer should also match close questions: embed this one
+        # (a worker; the reviewer waits). Without an embedding it still
+        # matches identical questions.
+        provider = keys.read_referenced(ctx, app.llm, LLMModel, "an LLM").provider()
+
+        def job(locked):
+            try:
+                vector = provider.embed([record["question"]])[0]
+            except LLMError as exc:
+                keys.log("warning", f"app {shown(args.key)}: cannot embed a reviewed question: {exc}")
+                vector = None
+            return locked(lambda ctx: _update_record(ctx, args.key, app, record, vector, **changes)
+                          or 1)
+        pool.workers.run(ctx, job)
+        return keys.BLOCKED
+    _save_record(ctx, args.key, app, {**record, **changes, "updated_at": now_ms()})
     return 1
 
 

@@ -29,6 +29,9 @@ BANDS = (("not confident", 0), ("somewhat confident", 65), ("confident", 80),
 DEFAULT_LIMIT = 10000
 DEFAULT_REVIEW = {"serve_score": 95, "context_score": 80, "distance": 0.1}
 _JSON_FIELDS = {"vars", "matches", "meta"}
+_FIELD_TYPES = {"id": int, "latency_ms": int, "prompt_tokens": int, "completion_tokens": int,
+                "created_at": int, "updated_at": int, "match_page": object, "vars": object,
+                "matches": object, "meta": object, "tags": list, "reviewed_score": float}
 
 
 def now_ms() -> int:
@@ -185,6 +188,17 @@ def check_record(record) -> dict:
             not _count(record.get("id")) or record["id"] < 1 or \
             record.get("state") not in STATES or not _count(record.get("created_at")):
         raise LLMError("not a valid record")
+    for name, value in record.items():
+        if value is None:
+            continue
+        kind = _FIELD_TYPES.get(name, str)
+        if kind is int and (not _count(value)):
+            raise LLMError(f"not a valid record: {name}")
+        if kind is str and not isinstance(value, str):
+            raise LLMError(f"not a valid record: {name}")
+        if name == "tags" and (not isinstance(value, list) or
+                               not all(isinstance(t, str) for t in value)):
+            raise LLMError("not a valid record: tags")
     score = record.get("reviewed_score")
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
                               or not 0 <= score <= 100):
@@ -200,7 +214,9 @@ def reply(record: dict) -> list[bytes]:
         if value is None:
             text = b""
         elif name in _JSON_FIELDS:
-            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+            # Sorted keys: the same bytes before and after a reload.
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                              sort_keys=True).encode()
         elif name == "tags":
             text = ",".join(value).encode()
         elif isinstance(value, float):
