@@ -8,20 +8,19 @@ checks that nothing changed and that no request was made.
 """
 
 import json
-import re
 import threading
 import time
 
 import numpy as np
 import pytest
 import redis
+from replies import ERROR_CODE, error_text, expect_error  # noqa: F401
 from openai_server import OpenAIServer
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 CREATE_APP, CREATE_SEARCH, CREATE_CHAT = "LLM.CREATE-APP", "LLM.CREATE-SEARCH", "LLM.CREATE-CHAT"
 RUN, CHAT_LOG, HISTORY = "LLM.RUN", "LLM.CHAT-LOG", "LLM.HISTORY"
-ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_-]* \S")
 DIM = 8  # the HTTP server's embedding length
 
 DEFAULT_SEARCH_PROMPT = (
@@ -38,23 +37,8 @@ DEFAULT_SUMMARY_PROMPT = (
 
 # ---- helpers ----------------------------------------------------------------
 
-def error_text(exc: redis.ResponseError) -> str:
-    """The error reply as the server sent it: redis-py strips codes it knows (ERR)."""
-    code = getattr(exc, "status_code", None)
-    return f"{code} {exc}" if code else str(exc)
 
 
-def expect_error(r, *args, code: str = "ERR", match: str | None = None) -> str:
-    """Run a command that must fail; check its code (and message); return the full text."""
-    with pytest.raises(redis.ResponseError) as info:
-        r.execute_command(*args)
-    text = error_text(info.value)
-    assert ERROR_CODE.match(text), f"error reply without an upper-case code: {text!r}"
-    assert text.split(" ", 1)[0] == code, text
-    assert "Traceback" not in text and "internal error" not in text, text
-    if match is not None:
-        assert re.search(match, text), f"{text!r} does not match {match!r}"
-    return text
 
 
 def digest(r, *keys) -> list:

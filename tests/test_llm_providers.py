@@ -6,7 +6,6 @@ never blocked, and text embedded by a vector store's LLM.
 
 import itertools
 import json
-import re
 import socket
 import threading
 import time
@@ -15,10 +14,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import redis
+from replies import ERROR_CODE, error_text, expect_error  # noqa: F401
 from openai_server import OpenAIServer
 
 KEY = "sk-test-4f9a2c7e1b3d5a6c8e0f"          # the api_key the module is given
-ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_-]* \S")
 AZURE_REQUIRED = ("api_key", "resource_name", "chat_deployment_id", "embedding_deployment_id",
                   "api_version")
 QUEUE_FULL = "the worker queue is full"
@@ -28,22 +27,8 @@ NOT_HERE = "cannot run inside MULTI/EXEC or a script"
 
 # ---- helpers ----------------------------------------------------------------
 
-def error_text(exc: redis.ResponseError) -> str:
-    """The error reply as the server sent it: redis-py strips the codes it knows (ERR)."""
-    code = getattr(exc, "status_code", None)
-    return f"{code} {exc}" if code else str(exc)
 
 
-def expect_error(r, *args, code: str = "ERR", match: str | None = None) -> str:
-    """Run a command that must fail; check its code (and message); return the full text."""
-    with pytest.raises(redis.ResponseError) as info:
-        r.execute_command(*args)
-    text = error_text(info.value)
-    assert ERROR_CODE.match(text), f"error reply without an upper-case code: {text!r}"
-    assert text.split(" ", 1)[0] == code, text
-    if match is not None:
-        assert re.search(match, text), f"{text!r} does not match {match!r}"
-    return text
 
 
 def create_llm(r, key, params=None, *options, type_=None):

@@ -7,16 +7,15 @@ what the model was asked is read back from the server's request log.
 """
 
 import json
-import re
 import socket
 import time
 
 import pytest
 import redis
+from replies import ERROR_CODE, error_text, expect_error  # noqa: F401
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_-]* \S")
 FIELDS = [b"id", b"app", b"state", b"question", b"vars", b"answer", b"error", b"model",
           b"embed_model", b"latency_ms", b"prompt_tokens", b"completion_tokens", b"matches",
           b"match_source", b"match_page", b"session", b"tags", b"meta", b"created_at",
@@ -27,21 +26,8 @@ PROMPT = "Answer: {{input}}"
 
 # ---- helpers ----------------------------------------------------------------
 
-def error_text(exc: redis.ResponseError) -> str:
-    code = getattr(exc, "status_code", None)
-    return f"{code} {exc}" if code else str(exc)
 
 
-def expect_error(r, *args, code: str = "ERR", match: str | None = None) -> str:
-    with pytest.raises(redis.ResponseError) as info:
-        r.execute_command(*args)
-    text = error_text(info.value)
-    assert ERROR_CODE.match(text), f"error reply without an upper-case code: {text!r}"
-    assert text.split(" ", 1)[0] == code, text
-    assert "Traceback" not in text and "internal error" not in text, text
-    if match is not None:
-        assert re.search(match, text), f"{text!r} does not match {match!r}"
-    return text
 
 
 def as_dict(reply: list) -> dict:

@@ -13,11 +13,11 @@ import time
 import numpy as np
 import pytest
 import redis
+from replies import ERROR_CODE, error_text, expect_error  # noqa: F401
 
 CREATE, ADD, GET, REM, SIZE, KNN = ("LLM.CREATE-VECTOR-STORE", "LLM.ADD", "LLM.GET", "LLM.REM",
                                     "LLM.SIZE", "LLM.KNN")
 MAX_ID = 2**64 - 1
-ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_-]* \S")
 
 
 # ---- helpers ----------------------------------------------------------------
@@ -26,22 +26,8 @@ def blob(values) -> bytes:
     return np.asarray(values, dtype="<f4").tobytes()
 
 
-def error_text(exc: redis.ResponseError) -> str:
-    """The error reply as the server sent it: redis-py strips codes it knows (ERR)."""
-    code = getattr(exc, "status_code", None)
-    return f"{code} {exc}" if code else str(exc)
 
 
-def expect_error(r, *args, code: str = "ERR", match: str | None = None) -> str:
-    """Run a command that must fail; check its code (and message); return the full text."""
-    with pytest.raises(redis.ResponseError) as info:
-        r.execute_command(*args)
-    text = error_text(info.value)
-    assert ERROR_CODE.match(text), f"error reply without an upper-case code: {text!r}"
-    assert text.split(" ", 1)[0] == code, text
-    if match is not None:
-        assert re.search(match, text), f"{text!r} does not match {match!r}"
-    return text
 
 
 def wire_reply(port: int, *args: bytes) -> bytes:

@@ -1,0 +1,29 @@
+"""Checking error replies, shared by the test files."""
+
+import re
+
+import pytest
+import redis
+
+# Every error reply starts with an upper-case code, then the message.
+ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_-]* \S")
+
+
+def error_text(exc: redis.ResponseError) -> str:
+    """The error reply as the server sent it: redis-py strips the codes it knows (ERR)."""
+    code = getattr(exc, "status_code", None)
+    return f"{code} {exc}" if code else str(exc)
+
+
+def expect_error(r, *args, code: str = "ERR", match: str | None = None) -> str:
+    """Run a command that must fail; check its code (and message, a regular
+    expression); return the full error text."""
+    with pytest.raises(redis.ResponseError) as info:
+        r.execute_command(*args)
+    text = error_text(info.value)
+    assert ERROR_CODE.match(text), f"error reply without an upper-case code: {text!r}"
+    assert text.split(" ", 1)[0] == code, text
+    assert "Traceback" not in text and "internal error" not in text, text
+    if match is not None:
+        assert re.search(match, text), f"{text!r} does not match {match!r}"
+    return text
