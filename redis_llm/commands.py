@@ -380,16 +380,18 @@ def _simple_job(app: App, provider, text: str | None, variables: dict, args: Arg
             raise LLMError("nothing to ask: the app has no prompt and no input was given")
         question = text or prompt
         vector = None
-        if app.records.limit and locked(lambda ctx: app.records.reviewed(_serve(app))):
-            reviewed = locked(lambda ctx: app.records.matching_reviews(question, None, _serve(app)))
-            if not reviewed:
-                try:  # a similar question may match, if the LLM can embed
+        if app.records.limit:
+            found, serves = locked(lambda ctx: app.records.serve_lookup(question, None))
+            if not found and serves:
+                try:  # a close question may match, if the LLM can embed
                     vector = provider.embed([question])[0]
                 except LLMError:
                     vector = None
-            served = _served(locked, app, question, vector)
-            if served:
-                return _Outcome(served, prompt, question, vector=vector, served_from="review")
+                if vector is not None:
+                    found, _ = locked(lambda ctx: app.records.serve_lookup(question, vector))
+            if found:
+                return _Outcome(_reviewed_answer(found), prompt, question, vector=vector,
+                                served_from="review")
         completion = provider.chat([{"role": "user", "content": prompt}], args.params)
         return _Outcome(completion, prompt, question, vector=vector)
     return job
@@ -399,19 +401,19 @@ def _serve(app: App) -> float:
     return app.records.review["serve_score"]
 
 
-def _served(locked, app: App, question: str, vector) -> Completion | None:
-    """The reviewed answer (serve band) to this question or one close to it."""
-    found = locked(lambda ctx: app.records.matching_reviews(question, vector, _serve(app)))
-    return Completion(found[0]["reviewed_answer"], "review") if found else None
+def _reviewed_answer(record: dict) -> Completion:
+    return Completion(record["reviewed_answer"], "review")
 
 
 def _search_job(app: App, provider, embedder, question: str, variables: dict, args: Args):
     def job(locked):
         app.template.render({**variables, "context": "", "question": question})  # fail early
         vector = embedder.embed([question])[0]
-        served = _served(locked, app, question, vector) if app.records.limit else None
-        if served:
-            return _Outcome(served, "", question, vector=vector, served_from="review")
+        if app.records.limit:
+            found, _ = locked(lambda ctx: app.records.serve_lookup(question, vector))
+            if found:
+                return _Outcome(_reviewed_answer(found), "", question, vector=vector,
+                                served_from="review")
         items = locked(lambda ctx: _nearest(ctx, app.store, vector, app.k, None))
         experts = locked(lambda ctx: app.records.matching_reviews(
             question, vector, app.records.review["context_score"], _serve(app)))

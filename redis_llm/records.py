@@ -69,6 +69,9 @@ class Records:
         self.next_id = 1
         self.items: dict[int, dict] = {}
         self.vectors: dict[int, np.ndarray] = {}
+        # The reviewed records, by id: what runs match questions against,
+        # without scanning every record under Redis' lock.
+        self._reviewed: dict[int, dict] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -85,6 +88,10 @@ class Records:
         """Store (or replace) a record; the oldest go beyond the limit."""
         rid = record["id"]
         self.items[rid] = record
+        if record.get("reviewed_score") is not None:
+            self._reviewed[rid] = record
+        else:
+            self._reviewed.pop(rid, None)
         self.next_id = max(self.next_id, rid + 1)
         if vector is not None:
             self.vectors[rid] = np.asarray(vector, dtype=np.float32)
@@ -92,6 +99,7 @@ class Records:
             oldest = next(iter(self.items))
             del self.items[oldest]
             self.vectors.pop(oldest, None)
+            self._reviewed.pop(oldest, None)
 
     def get(self, rid: int) -> dict | None:
         return self.items.get(rid)
@@ -121,8 +129,14 @@ class Records:
         return out
 
     def reviewed(self, low: float, high: float = 101) -> list[dict]:
-        return [r for r in self.items.values()
-                if r.get("reviewed_score") is not None and low <= r["reviewed_score"] < high]
+        return [r for r in self._reviewed.values() if low <= r["reviewed_score"] < high]
+
+    def serve_lookup(self, question: str, vector) -> tuple[dict | None, bool]:
+        """The serve-band review answering this question (or None), and
+        whether the app has any serve-band review at all."""
+        low = self.review["serve_score"]
+        found = self.matching_reviews(question, vector, low)
+        return (found[0] if found else None), bool(found) or bool(self.reviewed(low))
 
     def matching_reviews(self, question: str, vector, low: float, high: float = 101) -> list[dict]:
         """Reviewed records in the score range [low, high) whose question is
