@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import redis
-from replies import ERROR_CODE, error_text, expect_error  # noqa: F401
+from helpers import ERROR_CODE, error_text, expect_error  # noqa: F401
 from openai_server import OpenAIServer
 from redis.backoff import NoBackoff
 from redis.retry import Retry

@@ -5,31 +5,15 @@ every slow command (LLM calls, embeddings) to come.
 """
 
 import socket
-import threading
 import time
 
 import pytest
 import redis
+from helpers import in_thread
 
 SLEEP = ("LLM.DEBUG", "SLEEP")
 
 
-def in_thread(fn):
-    """Run fn in a thread; the returned dict gets 'value' or 'error', and 'seconds'."""
-    out = {}
-
-    def run():
-        start = time.monotonic()
-        try:
-            out["value"] = fn()
-        except Exception as exc:  # noqa: BLE001 - handed to the test
-            out["error"] = exc
-        out["seconds"] = time.monotonic() - start
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    out["thread"] = thread
-    return out
 
 
 def wait_blocked(client, count: int, timeout: float = 5.0) -> None:

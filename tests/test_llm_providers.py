@@ -7,14 +7,13 @@ never blocked, and text embedded by a vector store's LLM.
 import itertools
 import json
 import socket
-import threading
 import time
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import redis
-from replies import ERROR_CODE, error_text, expect_error  # noqa: F401
+from helpers import ERROR_CODE, error_text, expect_error, in_thread  # noqa: F401
 from openai_server import OpenAIServer
 
 KEY = "sk-test-4f9a2c7e1b3d5a6c8e0f"          # the api_key the module is given
@@ -81,22 +80,6 @@ def flatten(reply) -> bytes:
     return str(reply).encode()
 
 
-def in_thread(fn):
-    """Run fn in a thread; the returned dict gets 'value' or 'error', and 'seconds'."""
-    out = {}
-
-    def go():
-        start = time.monotonic()
-        try:
-            out["value"] = fn()
-        except Exception as exc:  # noqa: BLE001 - handed to the test
-            out["error"] = exc
-        out["seconds"] = time.monotonic() - start
-
-    thread = threading.Thread(target=go, daemon=True)
-    thread.start()
-    out["thread"] = thread
-    return out
 
 
 def joined(job, timeout: float = 10):

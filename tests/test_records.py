@@ -12,9 +12,8 @@ import time
 
 import pytest
 import redis
-from replies import ERROR_CODE, error_text, expect_error  # noqa: F401
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from helpers import ERROR_CODE, error_text, expect_error  # noqa: F401
+from test_durability import restart, wait_aof_rewrite_done, wait_for, wait_replica_synced
 
 FIELDS = [b"id", b"app", b"state", b"question", b"vars", b"answer", b"error", b"model",
           b"embed_model", b"latency_ms", b"prompt_tokens", b"completion_tokens", b"matches",
@@ -49,15 +48,6 @@ def ids(r, key, *options) -> list[int]:
     return [int(rec["id"]) for rec in results(r, key, *options)]
 
 
-def wait_for(predicate, timeout: float = 10.0, what: str = "a condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def wait_done(r, key, rid, timeout: float = 10.0) -> dict:
@@ -645,25 +635,12 @@ def test_records_survive_restart_from_rdb(make_server, api):
     before = parsed_results(c, "search")
     assert c.save()
     c.close()
-    try:
-        srv.client(retry=Retry(NoBackoff(), 0)).shutdown(nosave=True)
-    except redis.ConnectionError:
-        pass
-    srv.process.wait(timeout=30)
-    srv.start()
+    restart(srv)
     c = srv.client()
     assert parsed_results(c, "search") == before
     assert record(c, "search") == 4
 
 
-def wait_replica_synced(master, replica, timeout=20):
-    def up():
-        info = replica.info("replication")
-        return info["master_link_status"] == "up" and not info["master_sync_in_progress"]
-    wait_for(up, timeout, "the replica's link")
-    assert master.execute_command("WAIT", 1, 5000) >= 1
-    wait_for(lambda: replica.info("replication")["slave_repl_offset"]
-             == master.info("replication")["master_repl_offset"], 5, "matching offsets")
 
 
 def test_records_replicate_runs_reviews_async_and_result_set(make_server, api):
@@ -700,21 +677,12 @@ def test_records_survive_aof_rewrite_without_preamble(make_server, api):
     digest = c.execute_command("DEBUG", "DIGEST-VALUE", "search")
     assert c.bgrewriteaof()
 
-    def done():
-        info = c.info("persistence")
-        return not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
     time.sleep(0.05)
-    wait_for(done, 20, "the AOF rewrite")
-    assert c.info("persistence")["aof_last_bgrewrite_status"] == "ok"
+    wait_aof_rewrite_done(c)
     base = b"".join(p.read_bytes() for p in sorted((srv.dir / "appendonlydir").glob("*.base.*")))
     assert base.count(b"LLM.RESULT-SET") == 3
     c.close()
-    try:
-        srv.client(retry=Retry(NoBackoff(), 0)).shutdown(nosave=True)
-    except redis.ConnectionError:
-        pass
-    srv.process.wait(timeout=30)
-    srv.start()
+    restart(srv)
     c = srv.client()
     assert parsed_results(c, "search") == before
     assert c.execute_command("DEBUG", "DIGEST-VALUE", "search") == digest

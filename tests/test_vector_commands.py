@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import redis
-from replies import ERROR_CODE, error_text, expect_error  # noqa: F401
+from helpers import ERROR_CODE, error_text, expect_error  # noqa: F401
 
 CREATE, ADD, GET, REM, SIZE, KNN = ("LLM.CREATE-VECTOR-STORE", "LLM.ADD", "LLM.GET", "LLM.REM",
                                     "LLM.SIZE", "LLM.KNN")

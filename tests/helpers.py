@@ -1,6 +1,8 @@
-"""Checking error replies, shared by the test files."""
+"""Helpers shared by the test files: error replies, commands run in threads."""
 
 import re
+import threading
+import time
 
 import pytest
 import redis
@@ -27,3 +29,21 @@ def expect_error(r, *args, code: str = "ERR", match: str | None = None) -> str:
     if match is not None:
         assert re.search(match, text), f"{text!r} does not match {match!r}"
     return text
+
+
+def in_thread(fn):
+    """Run fn in a thread; the returned dict gets 'value' or 'error', and 'seconds'."""
+    out = {}
+
+    def run():
+        start = time.monotonic()
+        try:
+            out["value"] = fn()
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            out["error"] = exc
+        out["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    out["thread"] = thread
+    return out
