@@ -24,8 +24,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -39,6 +37,8 @@ import redis
 import redis_llm
 from redis_llm.providers import LLMModel, default_model_path
 from redis_llm.testing import RedisServer
+
+from common import machine, publish
 
 LOAD_CLIENTS = 8
 CHAT = {"temperature": 0, "max_tokens": 64}
@@ -272,15 +272,6 @@ def bench_once(run: int, args, llama, llama_opts: dict, chat: dict, params: dict
     return m
 
 
-def machine(llama_opts: dict) -> str:
-    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
-    mem = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
-    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
-    import llama_cpp
-    return (f"{cpu.group(1) if cpu else platform.processor()}, {os.cpu_count()} cores, "
-            f"{int(mem.group(1)) // 2**20} GiB, Linux {platform.release()}, "
-            f"Python {platform.python_version()}, llama-cpp-python {llama_cpp.__version__}, "
-            f"redis-server {server.split()[2].removeprefix('v=') if server else '?'}")
 
 
 def ms(seconds: float) -> str:
@@ -385,16 +376,13 @@ def main() -> None:
     loads = ", ".join(f"{run['loadavg']:.1f}" for run in runs)
     threads = args.n_threads or f"default ({llama.n_threads}; batch {llama.n_threads_batch})"
     text = (f"\n### LLMs, {time.strftime('%Y-%m-%d')}, median of {args.runs} runs\n\n"
-            f"Machine: {machine(llama_opts)}\n\n"
+            f"Machine: {machine(f'llama-cpp-python {llama_cpp.__version__}')}\n\n"
             f"Model: {Path(path).name}, n_ctx {llama_opts['n_ctx']}, n_threads {threads}, "
             f"chat {json.dumps(chat)}; {args.seconds:g} s per latency phase "
             f"({f'{args.pace:g} requests/s' if args.pace else 'tight loop'}), "
             f"{args.prompts} prompts per tokens/s figure; 1-minute load average at the end "
             f"of each run: {loads}.\n\n{table}")
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "a") as f:
-            f.write(text)
+    publish(text, args.markdown)
 
 
 if __name__ == "__main__":

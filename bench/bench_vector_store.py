@@ -17,7 +17,6 @@ Prints a table of figures and ratios; --markdown appends it to FILE.
 import argparse
 import multiprocessing
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -32,6 +31,8 @@ import numpy as np
 import redis
 
 from redis_llm.testing import RedisServer
+
+from common import machine, publish
 
 M, EF_CONSTRUCTION, K = 16, 200, 10
 
@@ -264,14 +265,6 @@ def rows_of(name: str, m: dict) -> list:
     ]
 
 
-def machine() -> str:
-    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
-    mem = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
-    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
-    return (f"{cpu.group(1) if cpu else platform.processor()}, {os.cpu_count()} cores, "
-            f"{int(mem.group(1)) // 2**20} GiB, Linux {platform.release()}, "
-            f"Python {platform.python_version()}, hnswlib {getattr(hnswlib, '__version__', '0.8')}, "
-            f"{server.split()[2] if server else 'redis-server ?'}")
 
 
 def main() -> None:
@@ -294,11 +287,8 @@ def main() -> None:
     table = header + "".join("| " + " | ".join(row) + " |\n" for row in rows)
     text = (f"\n### Vector store, {time.strftime('%Y-%m-%d')}{' (quick)' if args.quick else ''}, "
             f"median of {args.runs} runs\n\n"
-            f"Machine: {machine()}\n\n{table}")
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "a") as f:
-            f.write(text)
+            f"Machine: {machine('hnswlib ' + getattr(hnswlib, '__version__', '0.8'))}\n\n{table}")
+    publish(text, args.markdown)
 
 
 if __name__ == "__main__":

@@ -40,24 +40,17 @@ class CLIError(Exception):
 
 # ---- the parser ---------------------------------------------------------------
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
+def _at_least(low: int):
+    """An argparse type: an integer of at least ``low``."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}: {text!r}")
+        return value
+    return convert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,13 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "a slot).")
     ingest.add_argument("store", metavar="STORE", help="the vector store key (it must have an LLM)")
     ingest.add_argument("paths", nargs="+", metavar="PATH", help="files and directories")
-    ingest.add_argument("--chunk-size", type=_positive, default=1000,
+    ingest.add_argument("--chunk-size", type=_at_least(1), default=1000,
                         help="the most characters in an item (default 1000)")
-    ingest.add_argument("--overlap", type=_count, default=200,
+    ingest.add_argument("--overlap", type=_at_least(0), default=200,
                         help="characters shared by consecutive chunks (default 200)")
     ingest.add_argument("--csv-mode", choices=("row", "chunk"), default="row",
                         help="CSV/TSV/Parquet: an item per row (default), or the rows chunked as text")
-    ingest.add_argument("--batch", type=_positive, default=64,
+    ingest.add_argument("--batch", type=_at_least(1), default=64,
                         help="items sent per round trip (default 64)")
     ingest.add_argument("--no-progress", action="store_true", help="show no progress bar")
 
