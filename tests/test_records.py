@@ -492,6 +492,30 @@ def test_review_at_95_serves_a_different_question_within_the_distance(r, api, ki
     assert result(r, key, 2)["served_from"] == b"review"
 
 
+def test_review_inside_multi_is_stored_without_an_embedding_and_serves_identical_questions(r, api):
+    create_app(r, api, "app", "--REVIEW", '{"distance": 2.0}')
+    r.execute_command("LLM.RUN", "app", "What is the capital of France?")
+    embeddings = len(api.embedding_requests())
+    pipe = r.pipeline(transaction=True)
+    pipe.execute_command("LLM.REVIEW", "app", 1, "--ANSWER", "Paris.", "--SCORE", 96)
+    assert pipe.execute() == [1]
+    assert len(api.embedding_requests()) == embeddings  # MULTI cannot wait for an embedding
+    assert result(r, "app", 1)["reviewed_score"] == b"96"
+    assert r.execute_command("LLM.RUN", "app", "What is the capital of France?") == b"Paris."
+
+
+def test_a_serve_band_review_of_a_simple_app_embeds_its_question_once(r, api):
+    create_app(r, api, "app")
+    r.execute_command("LLM.RUN", "app", "What is the capital of France?")
+    embeddings = len(api.embedding_requests())
+    r.execute_command("LLM.REVIEW", "app", 1, "--ANSWER", "Paris.", "--SCORE", 96)
+    assert len(api.embedding_requests()) == embeddings + 1
+    assert api.embedding_requests()[-1].body["input"] == ["What is the capital of France?"]
+    r.execute_command("LLM.REVIEW", "app", 1, "--ANSWER", "Paris!", "--SCORE", 97)
+    assert len(api.embedding_requests()) == embeddings + 1  # the embedding is kept
+    assert result(r, "app", 1)["reviewed_answer"] == b"Paris!"
+
+
 def test_custom_serve_score_sets_the_serve_band(r, api):
     create_app(r, api, "app", "--REVIEW", '{"serve_score": 50, "context_score": 40}')
     r.execute_command("LLM.RUN", "app", "q1")
