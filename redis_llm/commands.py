@@ -348,15 +348,16 @@ def _save_record(ctx: int, key: bytes, app: App, record: dict, vector=None) -> N
     keys.notify(ctx, b"llm.result", key)
 
 
-def _update_record(ctx: int, key: bytes, app: App, record: dict, vector=None, **changes) -> None:
-    """Change a record under Redis' lock; nothing when the app was replaced,
-    deleted, or the record dropped out of its retention meanwhile."""
+def _update_record(ctx: int, key: bytes, app: App, record: dict, vector=None, **changes) -> bool:
+    """Change a record under Redis' lock; False (nothing changed) when the app
+    was replaced, deleted, or the record dropped out of its retention meanwhile."""
     if keys.read(ctx, key, App) is not app:
-        return
+        return False
     current = app.records.get(record["id"])
     if current is None:
-        return
+        return False
     _save_record(ctx, key, app, {**current, **changes, "updated_at": now_ms()}, vector)
+    return True
 
 
 @dataclass
@@ -579,8 +580,10 @@ def review(ctx: int, args: Args):
             except LLMError as exc:
                 keys.log("warning", f"app {shown(args.key)}: cannot embed a reviewed question: {exc}")
                 vector = None
-            return locked(lambda ctx: _update_record(ctx, args.key, app, record, vector, **changes)
-                          or 1)
+            if not locked(lambda ctx: _update_record(ctx, args.key, app, record, vector, **changes)):
+                raise LLMError(f"the app at key {shown(args.key)} or its result {args.id} changed "
+                               "while the review was stored; review again")
+            return 1
         pool.workers.run(ctx, job)
         return keys.BLOCKED
     _save_record(ctx, args.key, app, {**record, **changes, "updated_at": now_ms()})
