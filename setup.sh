@@ -51,6 +51,6 @@ if [ "$start_server" = yes ]; then
     redis-server --port "$port" --dir "$PWD/.redis" --logfile redis.log --daemonize yes \
         --loadmodule "$module"
     for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    redis-cli -p "$port" module list | grep -q LLM
+    redis-cli -p "$port" module list | grep -q llm
     echo "setup: redis-server with the LLM module listens on port $port (log: .redis/redis.log)"
 fi

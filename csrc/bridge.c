@@ -4,6 +4,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "shim.h"
 
@@ -405,6 +406,26 @@ static PyObject *py_db(PyObject *self, PyObject *ctx) {
     return PyLong_FromLong(RedisModule_GetSelectedDb(ctx_arg(ctx)));
 }
 
+/* acl_check(user, key, flags): may the ACL user use key as the key-spec
+ * flags say (read: ACCESS; write: INSERT/UPDATE/DELETE)? Redis checks the
+ * keys a command names; this checks the keys a stored value names. */
+static PyObject *py_acl_check(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) return PyErr_Format(PyExc_TypeError, "acl_check(user, key, flags)");
+    int flags = PyLong_AsLong(args[2]);
+    RedisModuleString *name = PyErr_Occurred() ? NULL : string_arg(args[0]);
+    RedisModuleString *key = name ? string_arg(args[1]) : NULL;
+    if (!key) {
+        if (name) RedisModule_FreeString(NULL, name);
+        return NULL;
+    }
+    RedisModuleUser *user = RedisModule_GetModuleUserFromUserName(name);
+    int allowed = user && RedisModule_ACLCheckKeyPermissions(user, key, flags) == RM_OK;
+    if (user) RedisModule_FreeModuleUser(user);
+    RedisModule_FreeString(NULL, key);
+    RedisModule_FreeString(NULL, name);
+    return PyBool_FromLong(allowed);
+}
+
 static PyObject *py_user(PyObject *self, PyObject *ctx) {
     RedisModuleString *name = RedisModule_GetCurrentUserName(ctx_arg(ctx));
     if (!name) Py_RETURN_NONE;
@@ -451,6 +472,7 @@ static PyMethodDef shim_methods[] = {
     {"redact", (PyCFunction)(void (*)(void))py_redact, METH_FASTCALL, NULL},
     {"db", py_db, METH_O, NULL},
     {"user", py_user, METH_O, NULL},
+    {"acl_check", (PyCFunction)(void (*)(void))py_acl_check, METH_FASTCALL, NULL},
     {"log", (PyCFunction)(void (*)(void))py_log, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -520,18 +542,40 @@ static RMCommandKeySpec *key_specs_of(PyObject *specs) {
     return out;
 }
 
+/* COMMAND DOCS arguments: (name, type, key_spec_index, token, flags, subargs)
+ * tuples, into the zero-terminated array Redis copies. */
+static RMCommandArg *args_of(PyObject *specs) {
+    Py_ssize_t n = PyTuple_Size(specs);
+    RMCommandArg *out = n < 0 ? NULL : calloc(n + 1, sizeof *out);
+    for (Py_ssize_t i = 0; out && i < n; i++) {
+        PyObject *subargs;
+        RMCommandArg *arg = &out[i];
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(specs, i), "siizziO!", &arg->name, &arg->type,
+                              &arg->key_spec_index, &arg->token, &arg->summary, &arg->flags,
+                              &PyTuple_Type, &subargs) ||
+            (PyTuple_GET_SIZE(subargs) && !(arg->subargs = args_of(subargs)))) {
+            free(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
 static int register_commands(RedisModuleCtx *ctx, PyObject *commands) {
     static const RMCommandInfoVersion version = {1, sizeof(RMCommandHistoryEntry),
                                                  sizeof(RMCommandKeySpec), sizeof(RMCommandArg)};
     for (Py_ssize_t i = 0; i < PyList_Size(commands); i++) {
         const char *name, *flags, *summary, *since, *complexity;
         int arity;
-        PyObject *specs;
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(commands, i), "ssisssO!", &name, &flags, &arity,
-                              &summary, &since, &complexity, &PyTuple_Type, &specs))
+        PyObject *specs, *arg_specs;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(commands, i), "ssisssO!O!", &name, &flags, &arity,
+                              &summary, &since, &complexity, &PyTuple_Type, &specs,
+                              &PyTuple_Type, &arg_specs))
             return RM_ERR;
-        RMCommandKeySpec *key_specs = key_specs_of(specs); /* owned by Redis from now on */
-        if (!key_specs) return RM_ERR;
+        /* Read once at load and kept, like the strings they point into. */
+        RMCommandKeySpec *key_specs = key_specs_of(specs);
+        RMCommandArg *args = key_specs ? args_of(arg_specs) : NULL;
+        if (!args) return RM_ERR;
         if (RedisModule_CreateCommand(ctx, name, run_command, flags, 0, 0, 0) != RM_OK) {
             RedisModule_Log(ctx, "warning", "cannot register command %s", name);
             return RM_ERR;
@@ -541,13 +585,78 @@ static int register_commands(RedisModuleCtx *ctx, PyObject *commands) {
                               .complexity = complexity,
                               .since = since,
                               .arity = arity,
-                              .key_specs = key_specs};
+                              .key_specs = key_specs,
+                              .args = args};
         if (RedisModule_SetCommandInfo(RedisModule_GetCommand(ctx, name), &info) != RM_OK) {
             RedisModule_Log(ctx, "warning", "invalid command info for %s", name);
             return RM_ERR;
         }
     }
     return RM_OK;
+}
+
+/* ---- INFO and CONFIG: Redis asks, redis_llm.bridge answers -------------- */
+
+/* The llm section of INFO: bridge.info() gives (section, ((field, value), ...)). */
+static void info_func(RedisModuleInfoCtx *info, int for_crash_report) {
+    if (for_crash_report) return; /* a crashing server must not wait for the GIL */
+    PyGILState_STATE gil = gil_lock();
+    PyObject *sections = PyObject_CallMethod(shim_bridge, "info", NULL);
+    for (Py_ssize_t i = 0; sections && i < PyList_Size(sections); i++) {
+        const char *section;
+        PyObject *fields;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(sections, i), "sO!", &section, &PyTuple_Type, &fields))
+            break;
+        RedisModule_InfoAddSection(info, section);
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(fields); j++) {
+            const char *field;
+            PyObject *value;
+            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(fields, j), "sO", &field, &value)) break;
+            if (PyLong_Check(value))
+                RedisModule_InfoAddFieldLongLong(info, field, PyLong_AsLongLong(value));
+            else if (PyUnicode_Check(value))
+                RedisModule_InfoAddFieldCString(info, field, PyUnicode_AsUTF8(value));
+        }
+    }
+    if (PyErr_Occurred()) shim_log_python_error("INFO");
+    Py_XDECREF(sections);
+    gil_unlock(gil);
+}
+
+static long long config_get(const char *name, void *privdata) {
+    PyGILState_STATE gil = gil_lock();
+    PyObject *value = PyObject_CallMethod(shim_bridge, "config_get", "s", name);
+    long long n = value ? PyLong_AsLongLong(value) : -1;
+    if (PyErr_Occurred()) shim_log_python_error("CONFIG GET");
+    Py_XDECREF(value);
+    gil_unlock(gil);
+    return n;
+}
+
+/* bridge.config_set returns None, or why the value is refused. */
+static int config_set(const char *name, long long value, void *privdata, RedisModuleString **err) {
+    PyGILState_STATE gil = gil_lock();
+    PyObject *refused = PyObject_CallMethod(shim_bridge, "config_set", "sL", name, value);
+    const char *why = !refused ? "internal error, see the server log"
+                      : refused == Py_None ? NULL : PyUnicode_AsUTF8(refused);
+    if (PyErr_Occurred()) shim_log_python_error("CONFIG SET");
+    if (why) *err = RedisModule_CreateString(NULL, why, strlen(why));
+    Py_XDECREF(refused);
+    gil_unlock(gil);
+    return why ? RM_ERR : RM_OK;
+}
+
+static int register_configs(RedisModuleCtx *ctx, PyObject *configs) {
+    for (Py_ssize_t i = 0; i < PyList_Size(configs); i++) {
+        const char *name;
+        long long dflt, min, max;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(configs, i), "sLLL", &name, &dflt, &min, &max) ||
+            RedisModule_RegisterNumericConfig(ctx, name, dflt, 0, min, max, config_get, config_set,
+                                              NULL, NULL) != RM_OK)
+            return RM_ERR;
+    }
+    return RedisModule_LoadConfigs(ctx) == RM_OK && RedisModule_RegisterInfoFunc(ctx, info_func) == RM_OK
+               ? RM_OK : RM_ERR;
 }
 
 int shim_register(RedisModuleCtx *ctx, const char *module_path, RedisModuleString **argv,
@@ -563,9 +672,12 @@ int shim_register(RedisModuleCtx *ctx, const char *module_path, RedisModuleStrin
     if (!load_spec) return RM_ERR;
     PyObject *types = PyObject_GetAttrString(load_spec, "types");
     PyObject *commands = PyObject_GetAttrString(load_spec, "commands");
-    int ok = types && commands && PyList_Check(types) && PyList_Check(commands) &&
-             register_types(ctx, types) == RM_OK && register_commands(ctx, commands) == RM_OK;
+    PyObject *configs = PyObject_GetAttrString(load_spec, "configs");
+    int ok = types && commands && configs && PyList_Check(types) && PyList_Check(commands) &&
+             PyList_Check(configs) && register_types(ctx, types) == RM_OK &&
+             register_commands(ctx, commands) == RM_OK && register_configs(ctx, configs) == RM_OK;
     Py_XDECREF(types);
     Py_XDECREF(commands);
+    Py_XDECREF(configs);
     return ok ? RM_OK : RM_ERR;
 }

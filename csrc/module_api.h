@@ -27,9 +27,16 @@ typedef struct RedisModuleType RedisModuleType;
 typedef struct RedisModuleDigest RedisModuleDigest;
 typedef struct RedisModuleCommand RedisModuleCommand;
 typedef struct RedisModuleBlockedClient RedisModuleBlockedClient;
+typedef struct RedisModuleUser RedisModuleUser;
+typedef struct RedisModuleInfoCtx RedisModuleInfoCtx;
 
 typedef int (*RedisModuleCmdFunc)(RedisModuleCtx *, RedisModuleString **, int);
 typedef void (*RedisModuleFreePrivDataFunc)(RedisModuleCtx *, void *privdata);
+typedef void (*RedisModuleInfoFunc)(RedisModuleInfoCtx *, int for_crash_report);
+typedef long long (*RedisModuleConfigGetNumericFunc)(const char *name, void *privdata);
+typedef int (*RedisModuleConfigSetNumericFunc)(const char *name, long long value, void *privdata,
+                                               RedisModuleString **err);
+typedef int (*RedisModuleConfigApplyFunc)(RedisModuleCtx *, void *privdata, RedisModuleString **err);
 
 typedef struct {
     uint64_t version;
@@ -154,6 +161,18 @@ typedef struct {
     X(void, FreeThreadSafeContext, (RedisModuleCtx *))                                             \
     X(void, ThreadSafeContextLock, (RedisModuleCtx *))                                             \
     X(void, ThreadSafeContextUnlock, (RedisModuleCtx *))                                           \
+    X(RedisModuleUser *, GetModuleUserFromUserName, (RedisModuleString *name))                     \
+    X(int, FreeModuleUser, (RedisModuleUser *))                                                    \
+    X(int, ACLCheckKeyPermissions, (RedisModuleUser *, RedisModuleString *key, int flags))         \
+    X(int, RegisterInfoFunc, (RedisModuleCtx *, RedisModuleInfoFunc))                              \
+    X(int, InfoAddSection, (RedisModuleInfoCtx *, const char *name))                               \
+    X(int, InfoAddFieldLongLong, (RedisModuleInfoCtx *, const char *field, long long value))       \
+    X(int, InfoAddFieldCString, (RedisModuleInfoCtx *, const char *field, const char *value))      \
+    X(int, RegisterNumericConfig,                                                                  \
+      (RedisModuleCtx *, const char *name, long long dflt, unsigned int flags, long long min,      \
+       long long max, RedisModuleConfigGetNumericFunc, RedisModuleConfigSetNumericFunc,            \
+       RedisModuleConfigApplyFunc, void *privdata))                                                \
+    X(int, LoadConfigs, (RedisModuleCtx *))                                                        \
     X(void, Free, (void *))
 
 #define RM_DECLARE(ret, name, args) extern ret(*RedisModule_##name) args;

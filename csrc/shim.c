@@ -155,8 +155,8 @@ static int start_python(RedisModuleCtx *ctx, const char *package_dir) {
 __attribute__((visibility("default")))
 int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     if (fetch_api(ctx) != RM_OK) return RM_ERR;
-    if (RedisModule_IsModuleNameBusy("LLM")) return RM_ERR;
-    RedisModule_SetModuleAttribs(ctx, "LLM", 1, RM_APIVER_1);
+    if (RedisModule_IsModuleNameBusy("llm")) return RM_ERR;
+    RedisModule_SetModuleAttribs(ctx, "llm", 1, RM_APIVER_1);
     /* A truncated or damaged RDB payload (RESTORE, a replica's sync) is an
      * error for the loader to report, not a reason for Redis to panic. */
     RedisModule_SetModuleOptions(ctx, RM_OPTIONS_HANDLE_IO_ERRORS);

@@ -1,22 +1,24 @@
 """The Python half of the module: what the C shim in redis-server calls.
 
-``load`` reads the module arguments and returns the data types and commands
-to register; ``dispatch`` runs one command and returns its reply as Python
+``load`` reads the module arguments and returns the data types, commands
+and configs to register; ``dispatch`` runs one command and returns its reply as Python
 values (bytes, int, float, str for a status, list, None, an LLMError for an
 error reply, or keys.BLOCKED when a worker will reply); ``restore`` rebuilds
-a value saved in an RDB file.
+a value saved in an RDB file; ``info``, ``config_get`` and ``config_set``
+answer INFO and CONFIG.
 """
 
 import sys
 from types import SimpleNamespace
 
-from redis_llm import keys, pool
+from redis_llm import keys, metrics, pool
 from redis_llm.apps import ENCODING_VERSION as APP_ENCODING
 from redis_llm.apps import App
 from redis_llm.commands import COMMANDS, COMMANDS_BY_NAME
 from redis_llm.config import ModuleConfig
 from redis_llm.errors import LLMError, error_reply
 from redis_llm.providers import ENCODING_VERSION as LLM_ENCODING
+from redis_llm.providers import TYPES as PROVIDER_TYPES
 from redis_llm.providers import LLMModel
 from redis_llm.store import ENCODING_VERSION as STORE_ENCODING
 from redis_llm.store import VectorStore
@@ -49,7 +51,42 @@ def load(module_path: str, args: list[bytes]) -> SimpleNamespace:
     return SimpleNamespace(
         types=[(name, encver) for _, name, encver in DATA_TYPES],
         commands=[c.registration() for c in COMMANDS if config.debug_commands or not c.debug],
+        # (name, default, min, max): CONFIG SET llm.<name>, or llm.<name> in
+        # redis.conf, which overrides the module argument.
+        configs=[(name.replace("_", "-"), getattr(config, name), low, high)
+                 for name, (low, high) in _CONFIGS.items()],
     )
+
+
+# Module configs, all numeric: name -> (min, max).
+_CONFIGS = {"pool_size": ModuleConfig.LIMITS["pool_size"],
+            "queue_size": ModuleConfig.LIMITS["queue_size"]}
+
+
+def config_get(name: str) -> int:
+    """CONFIG GET llm.<name>."""
+    workers = pool.workers
+    return workers.size if name == "pool-size" else workers.queue_size
+
+
+def config_set(name: str, value: int) -> str | None:
+    """CONFIG SET llm.<name>: None, or why the value is refused (Redis has
+    checked the range already)."""
+    if name == "pool-size":
+        pool.workers.resize(value)
+    else:
+        pool.workers.queue_size = value
+    return None
+
+
+def info() -> list:
+    """The llm section of INFO: (section, ((field, value), ...)) pairs;
+    the section name "" is the module's own (``# llm``)."""
+    workers = pool.workers
+    fields = [("pool_size", workers.size), ("queue_size", workers.queue_size),
+              ("queue_depth", workers.queued()), ("busy_workers", workers.busy),
+              *metrics.provider_fields(PROVIDER_TYPES), *metrics.record_fields()]
+    return [("", tuple(fields))]
 
 
 def dispatch(ctx: int, argv: tuple[bytes, ...]):

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from redis_llm import keys, pool
+from redis_llm import keys, metrics, pool
 from redis_llm.apps import (
     App,
     chat_log_command,
@@ -85,7 +85,54 @@ class Command:
     def registration(self) -> tuple:
         """What the C shim needs to register this command."""
         return (self.name.lower(), self.flags, self.arity, self.summary, self.since,
-                self.complexity, tuple(spec.as_tuple() for spec in self.key_specs))
+                self.complexity, tuple(spec.as_tuple() for spec in self.key_specs),
+                self.argument_docs())
+
+    def argument_docs(self) -> tuple:
+        """The arguments COMMAND DOCS shows, from the syntax: (name, type,
+        key-spec index, token, summary, flags, sub-arguments) tuples."""
+        syntax = self.syntax
+        key_spec_of = {spec.keyword: i for i, spec in enumerate(self.key_specs) if spec.keyword}
+        docs = []
+        for name, convert in syntax.positional:
+            is_key = name == "key"
+            docs.append((name, _ARG_KEY if is_key else _arg_type(convert), 0 if is_key else -1,
+                         None, None, 0, ()))
+        grouped = {name: group for group in syntax.exclusive for name in group}
+        for option in syntax.options.values():
+            group = grouped.get(option.name)
+            if group is None:
+                docs.append(_option_doc(option, key_spec_of, _ARG_OPTIONAL * (not option.required)))
+            elif option.name == group[0]:  # the group, where its first option is
+                members = tuple(_option_doc(syntax.options[name.encode()], key_spec_of, 0)
+                                for name in group)
+                docs.append(("-or-".join(n.lstrip("-").lower() for n in group), _ARG_ONEOF, -1,
+                             None, None, _ARG_OPTIONAL, members))
+        if syntax.trailing:
+            docs.append((syntax.trailing_name, _ARG_STRING, -1, None, None,
+                         _ARG_OPTIONAL if syntax.trailing == "optional" else 0, ()))
+        return tuple(docs)
+
+
+# COMMAND DOCS argument types and flags of the module API.
+_ARG_STRING, _ARG_INTEGER, _ARG_DOUBLE, _ARG_KEY, _ARG_PURE_TOKEN, _ARG_ONEOF = 0, 1, 2, 3, 6, 7
+_ARG_OPTIONAL = 1 << 0
+
+
+def _arg_type(convert) -> int:
+    # parsing.integer() and parsing.decimal() make the numeric converters.
+    maker = getattr(convert, "__qualname__", "").split(".")[0]
+    return {"integer": _ARG_INTEGER, "decimal": _ARG_DOUBLE}.get(maker, _ARG_STRING)
+
+
+def _option_doc(option: Option, key_spec_of: dict, flags: int) -> tuple:
+    name = option.attr.replace("_", "-")
+    if option.convert is None:
+        return (name, _ARG_PURE_TOKEN, -1, option.name, None, flags, ())
+    spec = key_spec_of.get(option.name)
+    if spec is not None:
+        return (name, _ARG_KEY, spec, option.name, None, flags, ())
+    return (name, _arg_type(option.convert), -1, option.name, None, flags, ())
 
 
 # ---- vector stores ----------------------------------------------------------
@@ -106,7 +153,7 @@ def add(ctx: int, args: Args):
     vector = _given_vector(args)
     if vector is not None:
         return _add_item(ctx, store, args, vector)
-    embedder = _embedder(ctx, store, None, "data")
+    embedder = _embedder(ctx, store, args.key, None, "data")
     text = _text(args.data)
 
     def job(locked):
@@ -172,7 +219,7 @@ def knn(ctx: int, args: Args):
         return []
     if vector is not None:
         return _knn_reply(store, args, vector)
-    embedder = _embedder(ctx, store, None, "query")
+    embedder = _embedder(ctx, store, args.key, None, "query")
     text = _text(args.query)
 
     def job(locked):
@@ -202,13 +249,14 @@ def _given_vector(args: Args):
     return args.embedding if args.embedding is not None else args.embedding_blob
 
 
-def _embedder(ctx: int, store: VectorStore, app_llm: bytes | None, what: str):
+def _embedder(ctx: int, store: VectorStore, owner: bytes, app_llm: bytes | None, what: str):
     """The provider that embeds text for ``store``: the store's own LLM, else
-    the app's, so that queries and items share one embedding space."""
+    the app's, so that queries and items share one embedding space. ``owner``
+    is the key of the store or app the command named."""
     llm = store.llm if store.llm is not None else app_llm
     if llm is None:
         raise LLMError(f"no --EMBEDDING given and the vector store has no LLM to embed the {what}")
-    return keys.read_referenced(ctx, llm, LLMModel, "an LLM").provider()
+    return keys.read_referenced(ctx, llm, LLMModel, "an LLM", owner).provider()
 
 
 def _text(data: bytes) -> str:
@@ -268,7 +316,7 @@ def run(ctx: int, args: Args):
         raise LLMError(f"no app at key {shown(args.key)}")
     if args.session is not None and app.kind != "chat":
         raise LLMError("--SESSION is for chat apps")
-    model = keys.read_referenced(ctx, app.llm, LLMModel, "an LLM")
+    model = keys.read_referenced(ctx, app.llm, LLMModel, "an LLM", args.key)
     if getattr(args, "async") and not app.records.limit:
         raise LLMError("--ASYNC needs records: the app was created with --RECORD 0")
     if getattr(args, "async") and args.timeout:
@@ -280,8 +328,10 @@ def run(ctx: int, args: Args):
     if app.kind == "app":
         job = _simple_job(app, provider, text, variables, args)
     else:
-        store = keys.read_referenced(ctx, app.store, VectorStore, "a vector store")
-        embedder = _embedder(ctx, store, app.llm, "question")
+        # A chat app writes its summaries into its store.
+        store = keys.read_referenced(ctx, app.store, VectorStore, "a vector store", args.key,
+                                     write=app.kind == "chat")
+        embedder = _embedder(ctx, store, args.key, app.llm, "question")
         embed_model = embedder.embedding_model
         if text is None:
             raise LLMError(f"a {app.kind} app needs an input")
@@ -297,6 +347,7 @@ def run(ctx: int, args: Args):
             session=None if args.session is None else args.session.decode("latin-1"),
             tags=args.tags or [])
         _save_record(ctx, args.key, app, record)
+        metrics.records.add(created=1)
     job = _recorded(app, args, record, job)
     if getattr(args, "async"):
         pool.workers.submit(ctx, job)
@@ -329,6 +380,8 @@ def _recorded(app: App, args: Args, record: dict | None, job):
                 prompt_tokens=outcome.completion.prompt_tokens,
                 completion_tokens=outcome.completion.completion_tokens,
                 served_from=outcome.served_from)
+            if outcome.served_from == "review":
+                metrics.records.add(served=1)
             if app.kind == "search":
                 changes["matches"] = [
                     {"id": item_id, "distance": float(distance),
@@ -572,7 +625,7 @@ def review(ctx: int, args: Args):
         # A served answer should also match close questions: embed this one
         # (a worker; the reviewer waits). Without an embedding it still
         # matches identical questions.
-        provider = keys.read_referenced(ctx, app.llm, LLMModel, "an LLM").provider()
+        provider = keys.read_referenced(ctx, app.llm, LLMModel, "an LLM", args.key).provider()
 
         def job(locked):
             try:
@@ -583,10 +636,12 @@ def review(ctx: int, args: Args):
             if not locked(lambda ctx: _update_record(ctx, args.key, app, record, vector, **changes)):
                 raise LLMError(f"the app at key {shown(args.key)} or its result {args.id} changed "
                                "while the review was stored; review again")
+            metrics.records.add(reviewed=1)
             return 1
         pool.workers.run(ctx, job)
         return keys.BLOCKED
     _save_record(ctx, args.key, app, {**record, **changes, "updated_at": now_ms()})
+    metrics.records.add(reviewed=1)
     return 1
 
 
@@ -600,6 +655,7 @@ def record_result(ctx: int, args: Args):
         session=None if args.session is None else args.session.decode("latin-1"),
         meta=args.meta, served_from="llm")
     _save_record(ctx, args.key, app, record)
+    metrics.records.add(created=1)
     return record["id"]
 
 

@@ -6,11 +6,11 @@ with ``--`` after the module path is read as a config directive of its own.
 """
 
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 from redis_llm.errors import LLMError
 from redis_llm.parsing import integer, shown
 
-_LIMITS = {"pool_size": integer(1, 1024), "queue_size": integer(1, 1_000_000)}
 
 
 def _yes_no(arg: bytes) -> bool:
@@ -28,6 +28,9 @@ class ModuleConfig:
     queue_size: int = 1000
     debug_commands: bool = False  # registers LLM.DEBUG, for tests
 
+    # The numeric arguments' ranges, shared with their CONFIG SET forms.
+    LIMITS: ClassVar[dict] = {"pool_size": (1, 1024), "queue_size": (1, 1_000_000)}
+
     @classmethod
     def parse(cls, args: list[bytes]) -> "ModuleConfig":
         """Parse ``NAME value`` pairs; names are case-insensitive, dashes optional."""
@@ -41,7 +44,7 @@ class ModuleConfig:
                 raise LLMError(f"unknown module argument {shown(name)}")
             if attr in values:
                 raise LLMError(f"module argument {attr.upper()} given more than once")
-            convert = _LIMITS.get(attr, _yes_no)
+            convert = integer(*cls.LIMITS[attr]) if attr in cls.LIMITS else _yes_no
             try:
                 values[attr] = convert(arg)
             except ValueError as exc:

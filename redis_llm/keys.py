@@ -24,17 +24,74 @@ def read(ctx: int, key: bytes, cls: type):
     raise WrongTypeError()
 
 
-def read_referenced(ctx: int, key: bytes, cls: type, what: str):
+def read_referenced(ctx: int, key: bytes, cls: type, what: str, owner: bytes | None = None,
+                    write: bool = False):
     """The value at a key another value names (an app's LLM or vector store).
 
-    Raises an ERR naming the key when it is missing or holds anything else."""
+    Raises an ERR naming the key when it is missing or holds anything else.
+    With ``owner`` (the key of the value naming it, when a command starts)
+    it also checks what Redis cannot, since the key is not in the command:
+    in a cluster, that both keys share a hash slot; and that the calling ACL
+    user may read the key (and write it, with ``write``): NOPERM if not."""
+    if owner is not None:
+        _check_reference(ctx, key, owner, what, write)
     value = shim.key_get(ctx, key)
     if type(value) is cls:
         return value
-    name = repr(key[:60].decode("utf-8", "replace"))
     if value is None:
-        raise LLMError(f"{what} key {name} does not exist")
-    raise LLMError(f"key {name} does not hold {what}")
+        raise LLMError(f"{what} key {_name(key)} does not exist")
+    raise LLMError(f"key {_name(key)} does not hold {what}")
+
+
+def _name(key: bytes) -> str:
+    return repr(key[:60].decode("utf-8", "replace"))
+
+
+# Context flag of the module API: the server runs in cluster mode.
+_CTX_CLUSTER = 1 << 5
+# Key-spec flags that ACL checks read: ACCESS needs read, UPDATE/INSERT write.
+_ACL_READ, _ACL_WRITE = 1 << 4, (1 << 5) | (1 << 6)
+
+
+def _check_reference(ctx: int, key: bytes, owner: bytes, what: str, write: bool) -> None:
+    if shim.context_flags(ctx) & _CTX_CLUSTER and key_slot(key) != key_slot(owner):
+        raise LLMError(f"{what} key {_name(key)} is in hash slot {key_slot(key)}, but "
+                       f"{_name(owner)} is in slot {key_slot(owner)}: in a cluster they must share "
+                       "a slot; give both a hash tag, e.g. {tenant}:app and {tenant}:llm")
+    user = shim.user(ctx)
+    if user is None:  # no client: an AOF replay or a master's stream
+        return
+    flags = _ACL_READ | (_ACL_WRITE if write else 0)
+    if not shim.acl_check(user, key, flags):
+        access = "read and write" if write else "read"
+        raise LLMError(f"user {_name(user)} may not {access} {what} key {_name(key)} that "
+                       f"{_name(owner)} uses", code="NOPERM")
+
+
+def _crc16_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+        table.append(crc)
+    return table
+
+
+_CRC16 = _crc16_table()
+
+
+def key_slot(key: bytes) -> int:
+    """The Redis Cluster hash slot of ``key`` (CRC16 of its hash tag, if any, mod 16384)."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1:end]
+    crc = 0
+    for byte in key:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[(crc >> 8) ^ byte]
+    return crc % 16384
 
 
 def write(ctx: int, key: bytes, value) -> None:

@@ -29,7 +29,29 @@ class WorkerPool:
     def __init__(self, size: int, queue_size: int):
         self.size = size
         self._jobs: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._threads: list[threading.Thread] = []
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()  # guards _threads and busy
+        self.busy = 0  # workers running a job now
+        self._started = 0  # names the threads
+
+    @property
+    def queue_size(self) -> int:
+        return self._jobs.maxsize
+
+    @queue_size.setter
+    def queue_size(self, size: int) -> None:
+        # Jobs already queued stay; new ones are refused until below the size.
+        with self._jobs.mutex:
+            self._jobs.maxsize = size
+
+    def queued(self) -> int:
+        """Jobs waiting for a worker."""
+        return self._jobs.qsize()
+
+    def resize(self, size: int) -> None:
+        """Run at most ``size`` workers from now on. More start on the next
+        job; surplus workers finish their job and leave within a second."""
+        self.size = size
 
     def run(self, ctx: int, job: Job, timeout_ms: int = 0) -> None:
         """Block the calling client and run ``job(locked)`` on a worker.
@@ -62,22 +84,43 @@ class WorkerPool:
             raise LLMError(f"the worker queue is full ({self._jobs.maxsize} jobs waiting); retry later")
 
     def _start(self) -> None:
-        # Only Redis' main thread calls run(), so no lock is needed here.
-        while len(self._threads) < self.size:
-            thread = threading.Thread(target=self._work, name=f"llm-worker-{len(self._threads)}",
-                                      daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        with self._lock:
+            while len(self._threads) < self.size:
+                self._started += 1
+                thread = threading.Thread(target=self._work, name=f"llm-worker-{self._started}",
+                                          daemon=True)
+                self._threads.add(thread)
+                thread.start()
+
+    def _retire(self) -> bool:
+        """Called by an idle worker: leave when the pool has been made smaller."""
+        with self._lock:
+            if len(self._threads) <= self.size:
+                return False
+            self._threads.discard(threading.current_thread())
+            return True
 
     def _work(self) -> None:
         while True:
-            handle, db, job = self._jobs.get()
+            try:
+                handle, db, job = self._jobs.get(timeout=1.0)
+            except queue.Empty:
+                if self._retire():
+                    return
+                continue
+            with self._lock:
+                self.busy += 1
             try:
                 reply = job(functools.partial(keys.locked, handle, db))
             except Exception as exc:
                 reply = error_reply(exc, "a blocked command")
+            finally:
+                with self._lock:
+                    self.busy -= 1
             if handle:
                 keys.unblock(handle, reply)
+            if self._retire():
+                return
 
 
 # The module's pool, made by bridge.load from POOL_SIZE and QUEUE_SIZE.

@@ -24,6 +24,7 @@ import numpy as np
 import requests
 from requests.adapters import HTTPAdapter
 
+from redis_llm import metrics
 from redis_llm.errors import LLMError
 
 ENCODING_VERSION = 1
@@ -300,35 +301,41 @@ class OpenAIProvider:
         if overrides:
             _check_reserved(overrides, "--PARAMS field '")
         body = {**self.params["chat"], **(overrides or {}), "messages": messages}
-        data = self._post(self.chat_url(), body)
-        try:
-            text = data["choices"][0]["message"]["content"]
-            usage = data.get("usage") or {}
-            if not isinstance(text, str):
-                raise TypeError
-            return Completion(text, str(data.get("model") or body.get("model") or ""),
-                              int(usage.get("prompt_tokens") or 0),
-                              int(usage.get("completion_tokens") or 0))
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-            raise LLMError(f"{self.name()}: malformed chat completion response") from None
+        with metrics.provider_call(self.name()) as call:
+            data = self._post(self.chat_url(), body, call)
+            try:
+                text = data["choices"][0]["message"]["content"]
+                usage = data.get("usage") or {}
+                if not isinstance(text, str):
+                    raise TypeError
+                completion = Completion(text, str(data.get("model") or body.get("model") or ""),
+                                        int(usage.get("prompt_tokens") or 0),
+                                        int(usage.get("completion_tokens") or 0))
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+                raise LLMError(f"{self.name()}: malformed chat completion response") from None
+            call.tokens(completion.prompt_tokens, completion.completion_tokens)
+            return completion
 
     def embed(self, texts: list[str]) -> list[np.ndarray]:
         body = {**self.params["embedding"], "input": texts}
-        data = self._post(self.embedding_url(), body)
-        try:
-            rows = sorted(data["data"], key=lambda row: row["index"])
-            vectors = [np.asarray(row["embedding"], dtype=np.float32) for row in rows]
-            if len(vectors) != len(texts) or any(v.ndim != 1 or not v.size or
-                                                 not np.isfinite(v).all() for v in vectors):
-                raise ValueError
-            return vectors
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-            raise LLMError(f"{self.name()}: malformed embedding response") from None
+        with metrics.provider_call(self.name()) as call:
+            data = self._post(self.embedding_url(), body, call)
+            try:
+                rows = sorted(data["data"], key=lambda row: row["index"])
+                vectors = [np.asarray(row["embedding"], dtype=np.float32) for row in rows]
+                if len(vectors) != len(texts) or any(v.ndim != 1 or not v.size or
+                                                     not np.isfinite(v).all() for v in vectors):
+                    raise ValueError
+                usage = data.get("usage") or {}
+                call.tokens(int(usage.get("prompt_tokens") or 0), 0)
+                return vectors
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+                raise LLMError(f"{self.name()}: malformed embedding response") from None
 
     def name(self) -> str:
         return "openai"
 
-    def _post(self, url: str, body: dict) -> dict:
+    def _post(self, url: str, body: dict, call) -> dict:
         key = resolve_secret(self.params["api_key"]) if self.params.get("api_key") else ""
         attempt = 0
         while True:
@@ -363,6 +370,7 @@ class OpenAIProvider:
             delay = min(_MAX_BACKOFF, 0.1 * 2 ** attempt)
             time.sleep(min(_MAX_BACKOFF, retry_after) if retry_after is not None else delay)
             attempt += 1
+            call.retried()
 
 
 class AzureOpenAIProvider(OpenAIProvider):
@@ -476,26 +484,30 @@ class LlamaCppProvider:
         if unknown:
             raise LLMError(f"llamacpp: unknown model param {sorted(unknown)[0]!r}")
         options.pop("model", None)
-        model = _load(self.path, self.params["n_ctx"], self.params["n_threads"], False, "")
-        with model.lock:
-            try:
-                out = model.llama.create_chat_completion(messages=messages, **options)
-            except (ValueError, RuntimeError, TypeError) as exc:
-                raise LLMError(f"llamacpp: {exc}") from None
-        usage = out.get("usage") or {}
-        return Completion(out["choices"][0]["message"]["content"] or "", self.chat_model,
-                          int(usage.get("prompt_tokens") or 0),
-                          int(usage.get("completion_tokens") or 0))
+        with metrics.provider_call("llamacpp") as call:
+            model = _load(self.path, self.params["n_ctx"], self.params["n_threads"], False, "")
+            with model.lock:
+                try:
+                    out = model.llama.create_chat_completion(messages=messages, **options)
+                except (ValueError, RuntimeError, TypeError) as exc:
+                    raise LLMError(f"llamacpp: {exc}") from None
+            usage = out.get("usage") or {}
+            completion = Completion(out["choices"][0]["message"]["content"] or "", self.chat_model,
+                                    int(usage.get("prompt_tokens") or 0),
+                                    int(usage.get("completion_tokens") or 0))
+            call.tokens(completion.prompt_tokens, completion.completion_tokens)
+            return completion
 
     def embed(self, texts: list[str]) -> list[np.ndarray]:
         pooling = self.params["embedding"]["pooling"]
-        model = _load(self.embedding_path, self.params["n_ctx"], self.params["n_threads"], True,
-                      pooling)
-        with model.lock:
-            try:
-                rows = model.llama.embed(texts)
-            except (ValueError, RuntimeError) as exc:
-                raise LLMError(f"llamacpp: {exc}") from None
+        with metrics.provider_call("llamacpp"):
+            model = _load(self.embedding_path, self.params["n_ctx"], self.params["n_threads"], True,
+                          pooling)
+            with model.lock:
+                try:
+                    rows = model.llama.embed(texts)
+                except (ValueError, RuntimeError) as exc:
+                    raise LLMError(f"llamacpp: {exc}") from None
         vectors = [np.asarray(row, dtype=np.float32) for row in rows]
         if any(v.ndim != 1 for v in vectors):
             raise LLMError("llamacpp: pooling 'none' gives one vector per token; "

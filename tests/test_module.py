@@ -88,7 +88,7 @@ def start_fails(srv: RedisServer, problem: str) -> None:
 # ---- loading ------------------------------------------------------------------
 
 def test_module_list_shows_llm_with_its_path_and_args(r):
-    (module,) = [m for m in module_list(r) if m[b"name"] == b"LLM"]
+    (module,) = [m for m in module_list(r) if m[b"name"] == b"llm"]
     assert module[b"ver"] == 1
     assert module[b"path"] == redis_llm.module_path().encode()
     assert module[b"args"] == [b"DEBUG_COMMANDS", b"yes"]
@@ -124,7 +124,7 @@ def test_cli_without_subcommand_is_a_usage_error(capsys):
 
 
 def test_module_registers_exactly_the_llm_commands(r):
-    listed = {c.decode() for c in r.command_list(module="LLM")}
+    listed = {c.decode() for c in r.command_list(module="llm")}
     assert listed == COMMANDS | {"llm.debug"}
 
 
@@ -132,7 +132,7 @@ def test_plain_module_args_load(make_server):
     srv = make_server(module_args=("POOL_SIZE", "3", "QUEUE_SIZE", "50"))
     client = srv.client()
     (module,) = module_list(client)
-    assert module[b"name"] == b"LLM"
+    assert module[b"name"] == b"llm"
     assert module[b"args"] == [b"POOL_SIZE", b"3", b"QUEUE_SIZE", b"50"]
     assert client.execute_command("LLM.CREATE-VECTOR-STORE", "s") == 1
     assert client.execute_command("LLM.ADD", "s", "--EMBEDDING", "1,2", "x") == 1
@@ -163,7 +163,7 @@ def test_debug_command_only_registered_with_debug_commands_yes(make_server, modu
     client = make_server(module_args=module_args).client()
     with pytest.raises(redis.ResponseError, match="unknown command"):
         client.execute_command("LLM.DEBUG", "SPIN", "--SECONDS", 0)
-    listed = {c.decode() for c in client.command_list(module="LLM")}
+    listed = {c.decode() for c in client.command_list(module="llm")}
     assert listed == COMMANDS
 
 
@@ -217,7 +217,7 @@ def test_loading_a_second_copy_at_runtime_fails_cleanly(make_server, tmp_path):
         with pytest.raises(redis.ResponseError, match="Error loading the extension"):
             client.execute_command("MODULE", "LOAD", path)
         assert srv.alive()
-        assert [m[b"name"] for m in module_list(client)] == [b"LLM"]
+        assert [m[b"name"] for m in module_list(client)] == [b"llm"]
         assert module_list(client)[0][b"path"] == redis_llm.module_path().encode()
     # The loaded module still works, its data intact.
     assert client.execute_command("LLM.GET", "s", 1) == [b"x", b"1.0,2.0"]
@@ -229,7 +229,7 @@ def test_unloading_the_module_is_refused_while_it_exports_a_data_type(make_serve
     srv = make_server(config={"enable-module-command": "yes"})
     client = srv.client()
     with pytest.raises(redis.ResponseError, match="data types"):
-        client.execute_command("MODULE", "UNLOAD", "LLM")
+        client.execute_command("MODULE", "UNLOAD", "llm")
     assert srv.alive()
     assert client.execute_command("LLM.SIZE", "s") == 0
 
