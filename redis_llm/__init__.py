@@ -18,3 +18,12 @@ def module_path() -> str:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: install the package with pip to build it")
     return str(path)
+
+
+def __getattr__(name: str):
+    # The client (redis-py, numpy) is imported on first use: redis-server
+    # imports this package too, and has no use for it.
+    if name == "Client":
+        from redis_llm.client import Client
+        return Client
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
