@@ -74,12 +74,24 @@ static int run_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) 
         const char *s = RedisModule_StringPtrLen(argv[i], &len);
         PyTuple_SET_ITEM(args[1], i, PyBytes_FromStringAndSize(s, len));
     }
-    static PyObject *dispatch;
+    static PyObject *dispatch, *key_positions;
     if (!dispatch) dispatch = PyObject_GetAttrString(shim_bridge, "dispatch");
-    PyObject *result = dispatch && args[0] && args[1] && !PyErr_Occurred()
-                           ? PyObject_Vectorcall(dispatch, args, 2, NULL)
+    if (!key_positions) key_positions = PyObject_GetAttrString(shim_bridge, "key_positions");
+    /* Cluster routing in Redis 7.0 finds a module command's keys through
+     * this request (getkeys-api), not its key-specs: report every key. */
+    int keys_request = RedisModule_IsKeysPositionRequest(ctx) != 0; /* then only argv */
+    PyObject *fn = keys_request ? key_positions : dispatch;
+    PyObject *result = fn && args[0] && args[1] && !PyErr_Occurred()
+                           ? PyObject_Vectorcall(fn, args + keys_request, 2 - keys_request, NULL)
                            : NULL;
-    send_result(ctx, result, "command failed");
+    if (keys_request) {
+        for (Py_ssize_t i = 0; result && i < PyList_Size(result); i++)
+            RedisModule_KeyAtPos(ctx, PyLong_AsLong(PyList_GET_ITEM(result, i)));
+        if (!result) shim_log_python_error("key positions");
+        Py_XDECREF(result);
+    } else {
+        send_result(ctx, result, "command failed");
+    }
     Py_XDECREF(args[0]);
     Py_XDECREF(args[1]);
     gil_unlock(gil);
@@ -279,6 +291,29 @@ static PyObject *py_key_get(PyObject *self, PyObject *const *args, Py_ssize_t na
     return result;
 }
 
+static void scan_key(RedisModuleCtx *ctx, RedisModuleString *name, RedisModuleKey *key, void *found) {
+    if (!key || RedisModule_KeyType(key) != RM_KEYTYPE_MODULE) return;
+    RedisModuleType *mt = RedisModule_ModuleTypeGetType(key);
+    for (int i = 0; i < shim_ntypes; i++) {
+        if (mt != shim_types[i]) continue;
+        size_t len;
+        const char *s = RedisModule_StringPtrLen(name, &len);
+        PyObject *item = Py_BuildValue("(y#O)", s, (Py_ssize_t)len, RedisModule_ModuleTypeGetValue(key));
+        if (!item || PyList_Append(found, item) < 0) PyErr_Clear();
+        Py_XDECREF(item);
+    }
+}
+
+/* scan(ctx) -> [(key, value)] for every key of the module's types in the
+ * selected database: a full pass, like KEYS. */
+static PyObject *py_scan(PyObject *self, PyObject *ctx) {
+    PyObject *found = PyList_New(0);
+    RedisModuleScanCursor *cursor = RedisModule_ScanCursorCreate();
+    while (found && RedisModule_Scan(ctx_arg(ctx), cursor, scan_key, found)) continue;
+    RedisModule_ScanCursorDestroy(cursor);
+    return found;
+}
+
 /* key_set(ctx, key, type_index, value): the key now holds value. */
 static PyObject *py_key_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) return PyErr_Format(PyExc_TypeError, "key_set(ctx, key, type, value)");
@@ -473,6 +508,7 @@ static PyMethodDef shim_methods[] = {
     {"db", py_db, METH_O, NULL},
     {"user", py_user, METH_O, NULL},
     {"acl_check", (PyCFunction)(void (*)(void))py_acl_check, METH_FASTCALL, NULL},
+    {"scan", py_scan, METH_O, NULL},
     {"log", (PyCFunction)(void (*)(void))py_log, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -597,29 +633,23 @@ static int register_commands(RedisModuleCtx *ctx, PyObject *commands) {
 
 /* ---- INFO and CONFIG: Redis asks, redis_llm.bridge answers -------------- */
 
-/* The llm section of INFO: bridge.info() gives (section, ((field, value), ...)). */
+/* The llm section of INFO: bridge.info() gives ((field, value), ...). */
 static void info_func(RedisModuleInfoCtx *info, int for_crash_report) {
     if (for_crash_report) return; /* a crashing server must not wait for the GIL */
     PyGILState_STATE gil = gil_lock();
-    PyObject *sections = PyObject_CallMethod(shim_bridge, "info", NULL);
-    for (Py_ssize_t i = 0; sections && i < PyList_Size(sections); i++) {
-        const char *section;
-        PyObject *fields;
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(sections, i), "sO!", &section, &PyTuple_Type, &fields))
-            break;
-        RedisModule_InfoAddSection(info, section);
-        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(fields); j++) {
-            const char *field;
-            PyObject *value;
-            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(fields, j), "sO", &field, &value)) break;
-            if (PyLong_Check(value))
-                RedisModule_InfoAddFieldLongLong(info, field, PyLong_AsLongLong(value));
-            else if (PyUnicode_Check(value))
-                RedisModule_InfoAddFieldCString(info, field, PyUnicode_AsUTF8(value));
-        }
+    PyObject *fields = PyObject_CallMethod(shim_bridge, "info", NULL);
+    RedisModule_InfoAddSection(info, ""); /* "" is the module's own: # llm */
+    for (Py_ssize_t i = 0; fields && i < PyTuple_Size(fields); i++) {
+        const char *field;
+        PyObject *value;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(fields, i), "sO", &field, &value)) break;
+        if (PyLong_Check(value))
+            RedisModule_InfoAddFieldLongLong(info, field, PyLong_AsLongLong(value));
+        else if (PyUnicode_Check(value))
+            RedisModule_InfoAddFieldCString(info, field, PyUnicode_AsUTF8(value));
     }
     if (PyErr_Occurred()) shim_log_python_error("INFO");
-    Py_XDECREF(sections);
+    Py_XDECREF(fields);
     gil_unlock(gil);
 }
 

@@ -29,10 +29,13 @@ typedef struct RedisModuleCommand RedisModuleCommand;
 typedef struct RedisModuleBlockedClient RedisModuleBlockedClient;
 typedef struct RedisModuleUser RedisModuleUser;
 typedef struct RedisModuleInfoCtx RedisModuleInfoCtx;
+typedef struct RedisModuleScanCursor RedisModuleScanCursor;
 
 typedef int (*RedisModuleCmdFunc)(RedisModuleCtx *, RedisModuleString **, int);
 typedef void (*RedisModuleFreePrivDataFunc)(RedisModuleCtx *, void *privdata);
 typedef void (*RedisModuleInfoFunc)(RedisModuleInfoCtx *, int for_crash_report);
+typedef void (*RedisModuleScanCB)(RedisModuleCtx *, RedisModuleString *name, RedisModuleKey *,
+                                  void *privdata);
 typedef long long (*RedisModuleConfigGetNumericFunc)(const char *name, void *privdata);
 typedef int (*RedisModuleConfigSetNumericFunc)(const char *name, long long value, void *privdata,
                                                RedisModuleString **err);
@@ -173,6 +176,11 @@ typedef struct {
        long long max, RedisModuleConfigGetNumericFunc, RedisModuleConfigSetNumericFunc,            \
        RedisModuleConfigApplyFunc, void *privdata))                                                \
     X(int, LoadConfigs, (RedisModuleCtx *))                                                        \
+    X(int, IsKeysPositionRequest, (RedisModuleCtx *))                                              \
+    X(void, KeyAtPos, (RedisModuleCtx *, int pos))                                                 \
+    X(RedisModuleScanCursor *, ScanCursorCreate, (void))                                           \
+    X(void, ScanCursorDestroy, (RedisModuleScanCursor *))                                          \
+    X(int, Scan, (RedisModuleCtx *, RedisModuleScanCursor *, RedisModuleScanCB, void *privdata))   \
     X(void, Free, (void *))
 
 #define RM_DECLARE(ret, name, args) extern ret(*RedisModule_##name) args;

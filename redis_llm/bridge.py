@@ -79,14 +79,13 @@ def config_set(name: str, value: int) -> str | None:
     return None
 
 
-def info() -> list:
-    """The llm section of INFO: (section, ((field, value), ...)) pairs;
-    the section name "" is the module's own (``# llm``)."""
+def info() -> tuple:
+    """The fields of the llm section of INFO: (name, int or str) pairs;
+    Redis prefixes each name with ``llm_``."""
     workers = pool.workers
-    fields = [("pool_size", workers.size), ("queue_size", workers.queue_size),
-              ("queue_depth", workers.queued()), ("busy_workers", workers.busy),
-              *metrics.provider_fields(PROVIDER_TYPES), *metrics.record_fields()]
-    return [("", tuple(fields))]
+    return (("pool_size", workers.size), ("queue_size", workers.queue_size),
+            ("queue_depth", workers.queued()), ("busy_workers", workers.busy),
+            *metrics.provider_fields(PROVIDER_TYPES), *metrics.record_fields())
 
 
 def dispatch(ctx: int, argv: tuple[bytes, ...]):
@@ -100,6 +99,12 @@ def dispatch(ctx: int, argv: tuple[bytes, ...]):
         return command.handler(ctx, command.syntax.parse(argv[1:]))
     except Exception as exc:
         return error_reply(exc, argv[0].decode(errors="replace"))
+
+
+def key_positions(argv: tuple[bytes, ...]) -> list[int]:
+    """Where the keys of a getkeys-api command are in ``argv``, as its
+    key-specs declare them: Redis 7.0's cluster routing asks this way."""
+    return COMMANDS_BY_NAME[argv[0].lower()].key_positions(argv)
 
 
 def restore(encver: int, chunks: list[memoryview]):

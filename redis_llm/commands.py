@@ -6,11 +6,12 @@ syntax. The C shim registers exactly these, and ``bridge.dispatch`` parses a
 call with its syntax before the handler sees it.
 """
 
+import fnmatch
 import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from redis_llm import keys, metrics, pool
 from redis_llm.apps import (
@@ -84,9 +85,30 @@ class Command:
 
     def registration(self) -> tuple:
         """What the C shim needs to register this command."""
-        return (self.name.lower(), self.flags, self.arity, self.summary, self.since,
+        flags = self.flags
+        if any(spec.keyword for spec in self.key_specs):
+            # Keys given as option values: Redis 7.0 routes a cluster command
+            # by its first key unless the module reports them all (key_positions).
+            flags += " getkeys-api"
+        return (self.name.lower(), flags, self.arity, self.summary, self.since,
                 self.complexity, tuple(spec.as_tuple() for spec in self.key_specs),
                 self.argument_docs())
+
+    def key_positions(self, argv: Sequence[bytes]) -> list[int]:
+        """The positions of the keys in ``argv`` (the command name at 0), found
+        as the key-specs say: at an index, or after the first keyword from 2."""
+        positions = []
+        for spec in self.key_specs:
+            if spec.keyword is None:
+                if spec.index < len(argv):
+                    positions.append(spec.index)
+                continue
+            keyword = spec.keyword.encode()
+            for pos in range(2, len(argv) - 1):
+                if argv[pos].upper() == keyword:
+                    positions.append(pos + 1)
+                    break
+        return positions
 
     def argument_docs(self) -> tuple:
         """The arguments COMMAND DOCS shows, from the syntax: (name, type,
@@ -724,6 +746,25 @@ def _chat_app(ctx: int, key: bytes) -> App:
     return app
 
 
+# ---- listing ------------------------------------------------------------------
+
+def list_keys(ctx: int, args: Args):
+    found = []
+    for key, value in keys.scan(ctx):
+        kind = _KIND_OF[type(value)](value)
+        if ((args.type is None or kind == args.type) and
+                (args.match is None or fnmatch.fnmatchcase(key, args.match)) and
+                keys.readable(ctx, key)):
+            found.append([key, kind.encode()])
+    found.sort()
+    return found[:args.count]
+
+
+_KIND_OF = {LLMModel: lambda value: "llm", VectorStore: lambda value: "vector-store",
+            App: lambda app: app.kind}
+KINDS = ("llm", "vector-store", "app", "search", "chat")
+
+
 # ---- debugging (tests only) -------------------------------------------------
 
 def debug(ctx: int, args: Args):
@@ -856,6 +897,11 @@ COMMANDS = [
                    trailing="optional", trailing_name="query",
                    exclusive=[("--EMBEDDING", "--EMBEDDING-BLOB")]),
             "Find the K items nearest to an embedding", complexity="O(log N)"),
+    Command("LLM.LIST", list_keys, "readonly", -1, (),
+            Syntax((), [Option("--TYPE", choice(*KINDS)), Option("--MATCH", bytes),
+                        Option("--COUNT", integer(1, 100_000), default=1000)]),
+            "The LLMs, vector stores and apps of this database that the calling user may read, "
+            "as [key, type] pairs sorted by key", complexity="O(N) with N the keys of the database"),
     Command("LLM.DEBUG", debug, "admin", -2, (),
             Syntax((("subcommand", choice("spin", "sleep", "raise")),),
                    [Option("--THREADS", integer(1, 64), default=1),

@@ -53,6 +53,18 @@ _CTX_CLUSTER = 1 << 5
 _ACL_READ, _ACL_WRITE = 1 << 4, (1 << 5) | (1 << 6)
 
 
+def scan(ctx: int) -> list[tuple[bytes, object]]:
+    """Every (key, value) of the module's types in the selected database:
+    a full pass over the keyspace, like KEYS."""
+    return shim.scan(ctx)
+
+
+def readable(ctx: int, key: bytes) -> bool:
+    """Whether the calling ACL user may read ``key`` (always, with no client)."""
+    user = shim.user(ctx)
+    return user is None or shim.acl_check(user, key, _ACL_READ)
+
+
 def _check_reference(ctx: int, key: bytes, owner: bytes, what: str, write: bool) -> None:
     if shim.context_flags(ctx) & _CTX_CLUSTER and key_slot(key) != key_slot(owner):
         raise LLMError(f"{what} key {_name(key)} is in hash slot {key_slot(key)}, but "

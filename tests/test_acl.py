@@ -86,6 +86,22 @@ def test_tenants_use_their_own_keys(tenants):
     assert alice.execute_command("LLM.RUN", "alice:search", "what is there?")
 
 
+def test_llm_list_shows_a_tenant_only_the_keys_it_may_read(r, tenants):
+    alice, bob = tenants
+    r.set("alice:plain-string", "not a module key")
+    mine = [[b"alice:app", b"app"], [b"alice:llm", b"llm"], [b"alice:search", b"search"],
+            [b"alice:store", b"vector-store"]]
+    assert alice.execute_command("LLM.LIST") == mine
+    assert alice.execute_command("LLM.LIST", "--MATCH", "bob:*") == []
+    assert alice.execute_command("LLM.LIST", "--TYPE", "llm") == [[b"alice:llm", b"llm"]]
+    assert [key for key, _ in bob.execute_command("LLM.LIST")] == \
+        [b"bob:app", b"bob:llm", b"bob:search", b"bob:store"]
+    # The default user reads every key.
+    assert len(r.execute_command("LLM.LIST")) == 8
+    assert r.execute_command("LLM.LIST", "--COUNT", 2) == [[b"alice:app", b"app"],
+                                                           [b"alice:llm", b"llm"]]
+
+
 def test_the_review_names_the_acl_user_who_gave_it(tenants):
     _, bob = tenants
     record = bob.execute_command("LLM.RESULT", "bob:app", 1)
@@ -178,13 +194,13 @@ def test_a_user_removed_from_a_pattern_loses_access_at_once(r, api, tenants):
 # ---- command flags ------------------------------------------------------------
 
 READ_ONLY = {"LLM.GET", "LLM.SIZE", "LLM.KNN", "LLM.RESULT", "LLM.RESULTS", "LLM.STATS",
-             "LLM.HISTORY"}
+             "LLM.HISTORY", "LLM.LIST"}
 
 
 
 def test_write_commands_are_write_deny_oom_and_read_commands_readonly(r):
     names = {name.decode().upper() for name in r.command_list(module="llm")} - {"LLM.DEBUG"}
-    assert READ_ONLY < names and len(names) == 19, names
+    assert READ_ONLY < names and len(names) == 20, names
     for name in names:
         (info,) = r.execute_command("COMMAND", "INFO", name).values()
         check_flags(name, {flag.encode() for flag in info["flags"]})

@@ -274,9 +274,6 @@ def test_redis_py_finds_option_keys_by_their_key_specs_and_refuses_cross_slot(
     assert rc.exists(target) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Redis 7.0 routes a module command by its legacy key range (the first key only) unless the "
-    "command declares getkeys-api: key-specs feed COMMAND GETKEYS and ACL, not cluster routing"))
 @pytest.mark.parametrize("command, name, options", CROSS_SLOT_CREATIONS, ids=CROSS_SLOT_IDS)
 def test_redis_refuses_option_keys_in_another_slot_with_crossslot(cluster, rc, llm_api, command, name,
                                                                  options):

@@ -22,7 +22,7 @@ from redis_llm.testing import RedisServer
 COMMANDS = {"llm.result", "llm.results", "llm.review", "llm.record", "llm.stats", "llm.result-set",
             "llm.create-vector-store", "llm.add", "llm.get", "llm.rem", "llm.size", "llm.knn",
             "llm.create-llm", "llm.create-app", "llm.create-search", "llm.create-chat", "llm.run",
-            "llm.chat-log", "llm.history"}
+            "llm.chat-log", "llm.history", "llm.list"}
 
 
 def error_text(exc: redis.ResponseError) -> str:
