@@ -549,82 +549,19 @@ static int register_types(RedisModuleCtx *ctx, PyObject *types) {
     return RM_OK;
 }
 
-static RMCommandKeySpec *key_specs_of(PyObject *specs) {
-    Py_ssize_t n = PyTuple_Size(specs);
-    RMCommandKeySpec *out = calloc(n + 1, sizeof *out); /* zeroed terminator */
-    for (Py_ssize_t i = 0; out && i < n; i++) {
-        unsigned long long flags;
-        int index, startfrom, lastkey, keystep, limit;
-        PyObject *keyword;
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(specs, i), "KiOiiii", &flags, &index, &keyword,
-                              &startfrom, &lastkey, &keystep, &limit)) {
-            free(out);
-            return NULL;
-        }
-        out[i].flags = flags;
-        if (keyword == Py_None) {
-            out[i].begin_search_type = RM_KSPEC_BS_INDEX;
-            out[i].bs.index.pos = index;
-        } else {
-            out[i].begin_search_type = RM_KSPEC_BS_KEYWORD;
-            out[i].bs.keyword.keyword = PyUnicode_AsUTF8(keyword);
-            out[i].bs.keyword.startfrom = startfrom;
-        }
-        out[i].find_keys_type = RM_KSPEC_FK_RANGE;
-        out[i].fk.range.lastkey = lastkey;
-        out[i].fk.range.keystep = keystep;
-        out[i].fk.range.limit = limit;
-    }
-    return out;
-}
-
-/* COMMAND DOCS arguments: (name, type, key_spec_index, token, flags, subargs)
- * tuples, into the zero-terminated array Redis copies. */
-static RMCommandArg *args_of(PyObject *specs) {
-    Py_ssize_t n = PyTuple_Size(specs);
-    RMCommandArg *out = n < 0 ? NULL : calloc(n + 1, sizeof *out);
-    for (Py_ssize_t i = 0; out && i < n; i++) {
-        PyObject *subargs;
-        RMCommandArg *arg = &out[i];
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(specs, i), "siizziO!", &arg->name, &arg->type,
-                              &arg->key_spec_index, &arg->token, &arg->summary, &arg->flags,
-                              &PyTuple_Type, &subargs) ||
-            (PyTuple_GET_SIZE(subargs) && !(arg->subargs = args_of(subargs)))) {
-            free(out);
-            return NULL;
-        }
-    }
-    return out;
-}
-
+/* Each command comes with the address of the RedisModuleCommandInfo that
+ * redis_llm.command_info built (ctypes); Redis copies it. */
 static int register_commands(RedisModuleCtx *ctx, PyObject *commands) {
-    static const RMCommandInfoVersion version = {1, sizeof(RMCommandHistoryEntry),
-                                                 sizeof(RMCommandKeySpec), sizeof(RMCommandArg)};
     for (Py_ssize_t i = 0; i < PyList_Size(commands); i++) {
-        const char *name, *flags, *summary, *since, *complexity;
-        int arity;
-        PyObject *specs, *arg_specs;
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(commands, i), "ssisssO!O!", &name, &flags, &arity,
-                              &summary, &since, &complexity, &PyTuple_Type, &specs,
-                              &PyTuple_Type, &arg_specs))
+        const char *name, *flags;
+        PyObject *info;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(commands, i), "ssO!", &name, &flags, &PyLong_Type,
+                              &info))
             return RM_ERR;
-        /* Read once at load and kept, like the strings they point into. */
-        RMCommandKeySpec *key_specs = key_specs_of(specs);
-        RMCommandArg *args = key_specs ? args_of(arg_specs) : NULL;
-        if (!args) return RM_ERR;
-        if (RedisModule_CreateCommand(ctx, name, run_command, flags, 0, 0, 0) != RM_OK) {
+        if (RedisModule_CreateCommand(ctx, name, run_command, flags, 0, 0, 0) != RM_OK ||
+            RedisModule_SetCommandInfo(RedisModule_GetCommand(ctx, name),
+                                       PyLong_AsVoidPtr(info)) != RM_OK) {
             RedisModule_Log(ctx, "warning", "cannot register command %s", name);
-            return RM_ERR;
-        }
-        RMCommandInfo info = {.version = &version,
-                              .summary = summary,
-                              .complexity = complexity,
-                              .since = since,
-                              .arity = arity,
-                              .key_specs = key_specs,
-                              .args = args};
-        if (RedisModule_SetCommandInfo(RedisModule_GetCommand(ctx, name), &info) != RM_OK) {
-            RedisModule_Log(ctx, "warning", "invalid command info for %s", name);
             return RM_ERR;
         }
     }

@@ -51,60 +51,8 @@ typedef struct {
     void (*free)(void *value);
 } RMTypeMethods;
 
-typedef struct {
-    int version;
-    size_t sizeof_historyentry;
-    size_t sizeof_keyspec;
-    size_t sizeof_arg;
-} RMCommandInfoVersion;
-
-typedef struct {
-    const char *since;
-    const char *changes;
-} RMCommandHistoryEntry;
-
-enum { RM_KSPEC_BS_INDEX = 2, RM_KSPEC_BS_KEYWORD = 3 };
-enum { RM_KSPEC_FK_RANGE = 2 };
-
-typedef struct {
-    const char *notes;
-    uint64_t flags;
-    int begin_search_type;
-    union {
-        struct { int pos; } index;
-        struct { const char *keyword; int startfrom; } keyword;
-    } bs;
-    int find_keys_type;
-    union {
-        struct { int lastkey; int keystep; int limit; } range;
-        struct { int keynumidx; int firstkey; int keystep; } keynum;
-    } fk;
-} RMCommandKeySpec;
-
-typedef struct RMCommandArg {
-    const char *name;
-    int type;
-    int key_spec_index;
-    const char *token;
-    const char *summary;
-    const char *since;
-    int flags;
-    const char *deprecated_since;
-    struct RMCommandArg *subargs;
-    const char *display_text;
-} RMCommandArg;
-
-typedef struct {
-    const RMCommandInfoVersion *version;
-    const char *summary;
-    const char *complexity;
-    const char *since;
-    RMCommandHistoryEntry *history;
-    const char *tips;
-    int arity;
-    RMCommandKeySpec *key_specs;
-    RMCommandArg *args;
-} RMCommandInfo;
+/* RedisModuleCommandInfo: built in Python (redis_llm/command_info.py). */
+typedef struct RMCommandInfo RMCommandInfo;
 
 #define MODULE_API(X)                                                                              \
     X(void, Log, (RedisModuleCtx *, const char *level, const char *fmt, ...))                      \

@@ -48,9 +48,13 @@ def load(module_path: str, args: list[bytes]) -> SimpleNamespace:
     sys.setswitchinterval(0.001)
     keys.TYPE_INDEX.update({cls: i for i, (cls, _, _) in enumerate(DATA_TYPES)})
     pool.workers = pool.WorkerPool(config.pool_size, config.queue_size)
+    registrations = [c.registration() for c in COMMANDS if config.debug_commands or not c.debug]
     return SimpleNamespace(
         types=[(name, encver) for _, name, encver in DATA_TYPES],
-        commands=[c.registration() for c in COMMANDS if config.debug_commands or not c.debug],
+        # (name, flags, address of its RedisModuleCommandInfo); the infos
+        # stay referenced here, by the namespace the shim keeps.
+        commands=[(name, flags, info.address) for name, flags, info in registrations],
+        command_infos=[info for _, _, info in registrations],
         # (name, default, min, max): CONFIG SET llm.<name>, or llm.<name> in
         # redis.conf, which overrides the module argument.
         configs=[(name.replace("_", "-"), getattr(config, name), low, high)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from redis_llm import keys, metrics, pool
+from redis_llm import command_info, keys, metrics, pool
 from redis_llm.apps import (
     App,
     chat_log_command,
@@ -84,15 +84,17 @@ class Command:
     secret_options: tuple[bytes, ...] = ()
 
     def registration(self) -> tuple:
-        """What the C shim needs to register this command."""
+        """What the C shim needs to register this command: its name, flags
+        and the RedisModuleCommandInfo to set (command_info.Built)."""
         flags = self.flags
         if any(spec.keyword for spec in self.key_specs):
             # Keys given as option values: Redis 7.0 routes a cluster command
             # by its first key unless the module reports them all (key_positions).
             flags += " getkeys-api"
-        return (self.name.lower(), flags, self.arity, self.summary, self.since,
-                self.complexity, tuple(spec.as_tuple() for spec in self.key_specs),
-                self.argument_docs())
+        info = command_info.Built(self.summary, self.complexity, self.since, self.arity,
+                                  tuple(spec.as_tuple() for spec in self.key_specs),
+                                  self.argument_docs())
+        return (self.name.lower(), flags, info)
 
     def key_positions(self, argv: Sequence[bytes]) -> list[int]:
         """The positions of the keys in ``argv`` (the command name at 0), found
