@@ -376,12 +376,7 @@ static int blocked_reply(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
     return RM_OK;
 }
 
-/* The seed's semantics: a command that misses its --TIMEOUT replies nil. */
-static int blocked_timeout(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
-    return RedisModule_ReplyWithNull(ctx);
-}
-
-/* Runs once per blocked client (after its reply, timeout or disconnect). */
+/* Runs once per blocked client (after its reply, or once it disconnected). */
 static void blocked_free(RedisModuleCtx *ctx, void *result) {
     if (!result) return;
     PyGILState_STATE gil = gil_lock();
@@ -389,13 +384,11 @@ static void blocked_free(RedisModuleCtx *ctx, void *result) {
     gil_unlock(gil);
 }
 
-/* block(ctx, timeout_ms) -> handle: the client waits for unblock(handle). */
-static PyObject *py_block(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) return PyErr_Format(PyExc_TypeError, "block(ctx, timeout_ms)");
-    long long timeout = PyLong_AsLongLong(args[1]);
-    if (timeout == -1 && PyErr_Occurred()) return NULL;
-    RedisModuleBlockedClient *bc = RedisModule_BlockClient(
-        ctx_arg(args[0]), blocked_reply, blocked_timeout, blocked_free, timeout);
+/* block(ctx) -> handle: the client waits for unblock(handle). No Redis
+ * timeout: redis_llm.pool keeps the deadlines (see there why). */
+static PyObject *py_block(PyObject *self, PyObject *ctx) {
+    RedisModuleBlockedClient *bc =
+        RedisModule_BlockClient(ctx_arg(ctx), blocked_reply, NULL, blocked_free, 0);
     if (!bc) return PyErr_Format(PyExc_RuntimeError, "cannot block this client");
     RedisModule_BlockedClientMeasureTimeStart(bc);
     return PyLong_FromVoidPtr(bc);
@@ -501,7 +494,7 @@ static PyMethodDef shim_methods[] = {
     {"replicate", (PyCFunction)(void (*)(void))py_replicate, METH_FASTCALL, NULL},
     {"replicate_verbatim", py_replicate_verbatim, METH_O, NULL},
     {"context_flags", py_context_flags, METH_O, NULL},
-    {"block", (PyCFunction)(void (*)(void))py_block, METH_FASTCALL, NULL},
+    {"block", py_block, METH_O, NULL},
     {"unblock", (PyCFunction)(void (*)(void))py_unblock, METH_FASTCALL, NULL},
     {"locked", (PyCFunction)(void (*)(void))py_locked, METH_FASTCALL, NULL},
     {"redact", (PyCFunction)(void (*)(void))py_redact, METH_FASTCALL, NULL},

@@ -135,9 +135,9 @@ def context_flags(ctx: int) -> int:
 BLOCKED = Ellipsis
 
 
-def block(ctx: int, timeout_ms: int) -> int:
-    """Block the client running this command; returns the handle for unblock()."""
-    return shim.block(ctx, timeout_ms)
+def block(ctx: int) -> int:
+    """Block the client running this command until unblock(); returns the handle."""
+    return shim.block(ctx)
 
 
 def unblock(handle: int, reply) -> None:

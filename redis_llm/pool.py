@@ -6,11 +6,21 @@ for I/O and native code; the job reads and writes keys only through
 ``locked(fn)``, which runs ``fn(ctx)`` under Redis' lock, and returns the
 reply. Redis itself never waits for a job, and a job's writes land (and are
 replicated) even when its client timed out or disconnected.
+
+Deadlines (``--TIMEOUT``) are kept here, not by Redis: Redis 7.0 loses the
+reply of a client whose job hands back its answer just after the deadline
+but before Redis has noticed it (its timeout handler then skips the client as
+already unblocked, and the answer has no client left to go to). Here the job
+and its deadline race for one lock, and whichever comes first unblocks the
+client, with the answer or with nil.
 """
 
 import collections
 import functools
+import heapq
+import itertools
 import threading
+import time
 from typing import Callable
 
 from redis_llm import keys
@@ -21,6 +31,54 @@ _CTX_LUA, _CTX_MULTI, _CTX_DENY_BLOCKING = 1 << 0, 1 << 1, 1 << 21
 
 Locked = Callable[[Callable[[int], object]], object]
 Job = Callable[[Locked], object]
+
+
+class _Waiting:
+    """A blocked client and the job it waits for: unblocked exactly once."""
+
+    def __init__(self, handle: int, db: int):
+        self.handle = handle
+        self.db = db
+        self._lock = threading.Lock()
+
+    def locked(self, fn):
+        """``keys.locked`` for the job: on the client's context while it
+        waits, on its database once it has been answered (the handle is gone)."""
+        with self._lock:
+            return keys.locked(self.handle, self.db, fn)
+
+    def answer(self, reply) -> None:
+        with self._lock:
+            if self.handle:
+                keys.unblock(self.handle, reply)
+                self.handle = 0
+
+
+class _Deadlines:
+    """One thread answering nil to the clients whose --TIMEOUT has passed."""
+
+    def __init__(self):
+        self._due: list = []  # (monotonic deadline, tie-breaker, _Waiting)
+        self._order = itertools.count()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, timeout_ms: int, waiting: _Waiting) -> None:
+        with self._changed:
+            heapq.heappush(self._due, (time.monotonic() + timeout_ms / 1000, next(self._order),
+                                       waiting))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="llm-deadlines", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._changed.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                _, _, waiting = heapq.heappop(self._due)
+            waiting.answer(None)  # the seed's semantics: nil at the deadline
 
 
 class WorkerPool:
@@ -41,6 +99,7 @@ class WorkerPool:
         # a job or read a count, never while a job runs.
         self._changed = threading.Condition()
         self._started = 0  # names the threads
+        self._deadlines = _Deadlines()
 
     def queued(self) -> int:
         """Jobs waiting for a worker."""
@@ -61,16 +120,18 @@ class WorkerPool:
         script, or when the queue is full; the client is then not blocked.
         """
         self.check(ctx, blocking=True)
-        handle = keys.block(ctx, timeout_ms)
+        waiting = _Waiting(keys.block(ctx), keys.selected_db(ctx))
+        if timeout_ms:
+            self._deadlines.add(timeout_ms, waiting)
         # Only this (main) thread adds jobs, so the check above holds.
-        self._put((handle, 0, job))
+        self._put((waiting, job))
 
     def submit(self, ctx: int, job: Job) -> None:
         """Run ``job(locked)`` on a worker with no client waiting (LLM.RUN
         --ASYNC): its writes go to the caller's database, its reply is dropped.
         Raises LLMError at once when the queue is full."""
         self.check(ctx, blocking=False)
-        self._put((0, keys.selected_db(ctx), job))
+        self._put((keys.selected_db(ctx), job))
 
     def check(self, ctx: int, blocking: bool) -> None:
         """Raise the LLMError that run() (blocking) or submit() would raise
@@ -110,13 +171,17 @@ class WorkerPool:
     def _work(self) -> None:
         finished = False
         while (item := self._next(finished)) is not None:
-            handle, db, job = item
+            waiting, job = item
+            if isinstance(waiting, _Waiting):
+                locked = waiting.locked
+            else:  # no client waits: the database the job was submitted from
+                locked, waiting = functools.partial(keys.locked, 0, waiting), None
             try:
-                reply = job(functools.partial(keys.locked, handle, db))
+                reply = job(locked)
             except Exception as exc:
                 reply = error_reply(exc, "a blocked command")
-            if handle:
-                keys.unblock(handle, reply)
+            if waiting is not None:
+                waiting.answer(reply)
             finished = True
 
 

@@ -9,6 +9,8 @@ import time
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from helpers import in_thread
 
 SLEEP = ("LLM.DEBUG", "SLEEP")
@@ -126,3 +128,20 @@ def test_bgsave_while_clients_are_blocked(make_server):
     for job in jobs:
         job["thread"].join(5)
         assert job["value"] == b"OK"
+
+
+def test_a_job_ending_just_after_its_timeout_still_answers_its_client(make_server):
+    """The job (5 ms) ends just after its deadline (1 ms), before an idle
+    Redis would notice the deadline itself: the client gets nil or the
+    answer, never nothing (found by the soak: Redis 7.0's own timeouts lose
+    that reply, so the module keeps the deadlines)."""
+    srv = make_server()
+    for _ in range(20):
+        # Never retried on a socket timeout: a lost reply must show.
+        client = redis.Redis(port=srv.port, socket_timeout=2, retry=Retry(NoBackoff(), 0))
+        try:
+            assert client.execute_command(*SLEEP, "--SECONDS", "0.005", "--TIMEOUT", 1) in \
+                (None, b"OK")
+        finally:
+            client.close()
+    assert srv.client().info("clients")["blocked_clients"] == 0

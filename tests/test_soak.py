@@ -80,10 +80,9 @@ MIX = {
     "rem": 15,
     "run_app": 10, "run_search": 8, "run_timeout": 0.5,
     "disconnect": 0.5, "churn": 0.15,
-    # --TIMEOUT 2 on the fast model: the reply and the deadline race. Off
-    # while Redis 7.0 loses such replies (the xfail test below); give it a
-    # share like run_timeout's once that test passes.
-    "run_near_deadline": 0,
+    # --TIMEOUT 2 on the fast model: the reply and the deadline race (see
+    # test_blocking.py's test of a job ending just after its deadline).
+    "run_near_deadline": 0.5,
 }
 
 
@@ -572,24 +571,3 @@ def test_a_long_mixed_workload_leaks_nothing_and_leaves_nothing_behind(make_serv
     assert result.end_rss - result.baseline_rss > 8 * 2**20, result.lines()
     assert result.freed_used - result.baseline_used < USED_MEMORY_SLACK, result.lines()
     assert result.freed_rss - result.baseline_rss < RSS_SLACK, result.lines()
-
-
-@pytest.mark.xfail(strict=True, raises=redis.TimeoutError, reason=(
-    "lost reply: when a worker unblocks a client after its --TIMEOUT deadline but before Redis "
-    "7.0 handled the timeout, Redis sends neither the timeout reply nor the worker's"))
-def test_a_command_whose_work_ends_just_after_its_timeout_still_gets_a_reply(make_server):
-    # Found by the soak. The worker finishes 5 ms after a 1 ms deadline, while
-    # an idle Redis 7.0 checks deadlines only when its event loop wakes: the
-    # worker's unblock wakes it, the timeout handler then skips the reply
-    # because the client is already unblocked, and unblocking the client
-    # forgets it, so the worker's reply is dropped too. The client waits
-    # forever, not even counted in blocked_clients.
-    srv = make_server()
-    for _ in range(10):
-        client = soak_client(srv.port, socket_timeout=2)
-        try:
-            reply = client.execute_command("LLM.DEBUG", "SLEEP", "--SECONDS", "0.005",
-                                           "--TIMEOUT", "1")
-        finally:
-            client.close()
-        assert reply in (None, b"OK")
