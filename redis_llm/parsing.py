@@ -17,7 +17,22 @@ from redis_llm.errors import LLMError
 Converter = Callable[[bytes], Any]
 
 _INTEGER = re.compile(rb"-?[0-9]+\Z")
-_MAX_JSON_DEPTH = 64
+
+# ---- limits on what one command may send (README: "Limits and hostile input")
+# JSON sizes are measured on the value as compact JSON, so that a replica or
+# an AOF replay, which may get the value re-encoded, measures the same size.
+MAX_JSON_DEPTH = 64           # nesting levels of a JSON option
+MAX_JSON_BYTES = 1 << 20      # a JSON option (--META, --FILTER, --PARAMS, ...), as compact JSON
+MAX_VARS_BYTES = 4 << 20      # LLM.RUN --VARS, as compact JSON
+MAX_DIM = 65_536              # numbers in an embedding
+MAX_DATA_BYTES = 16 << 20     # an item's data (LLM.ADD)
+MAX_TEXT_BYTES = 4 << 20      # a run's input, a query, a recorded or reviewed question or answer
+# Nesting levels of a whole record (LLM.RESULT-SET): its vars and meta nest
+# MAX_JSON_DEPTH levels inside it, and the matches' page values a few more.
+MAX_RECORD_DEPTH = 2 * MAX_JSON_DEPTH
+# Raw JSON is refused unread beyond this many times its limit: a re-encoded
+# value (ASCII escapes) is at most 3 times longer than its compact form.
+_RAW_JSON_FACTOR = 4
 
 
 def shown(arg: bytes, limit: int = 40) -> str:
@@ -46,17 +61,20 @@ class Syntax:
     e.g. a query) or ``"required"`` (the last argument, always, e.g. data: so
     data may look like an option).
     ``exclusive``: groups of options that cannot be combined.
+    ``trailing_convert``: a converter for the trailing argument (e.g. a size limit).
     """
 
     def __init__(self, positional: Sequence[tuple[str, Converter | None]] = (),
                  options: Sequence[Option] = (), trailing: str | None = None,
-                 trailing_name: str = "data", exclusive: Sequence[tuple[str, ...]] = ()):
+                 trailing_name: str = "data", exclusive: Sequence[tuple[str, ...]] = (),
+                 trailing_convert: Converter | None = None):
         self.positional = tuple(positional)
         self.options = {option.name.encode(): option for option in options}
         # Options not given read their defaults from the class.
         self.args_class = type("Args", (Args,), {o.attr: o.default for o in options})
         self.trailing = trailing
         self.trailing_name = trailing_name
+        self.trailing_convert = trailing_convert
         self.exclusive = tuple(tuple(name.upper() for name in group) for group in exclusive)
         self.required = tuple(option for option in options if option.required)
 
@@ -112,6 +130,8 @@ class Syntax:
             if len(given) > 1:
                 raise LLMError(f"options {' and '.join(given)} cannot be combined")
         if self.trailing:
+            if trailing is not None and self.trailing_convert is not None:
+                trailing = convert_value(self.trailing_name, self.trailing_convert, trailing)
             setattr(parsed, self.trailing_name, trailing)
 
 
@@ -156,34 +176,89 @@ def decimal(low: float, high: float) -> Converter:
     return convert
 
 
-def json_value(arg: bytes) -> Any:
-    """Any JSON document, nested at most 64 levels deep."""
+def json_value(arg: bytes, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Any JSON document, nested at most ``max_depth`` levels deep and at most
+    ``max_bytes`` long as compact JSON."""
+    if len(arg) > _RAW_JSON_FACTOR * max_bytes:
+        raise ValueError(f"must be at most {max_bytes} bytes of JSON, got {len(arg)} bytes")
+    # The parser recurses once per level: a document with fewer brackets than
+    # the limit cannot nest too deep, others are checked before the parser
+    # runs out of stack.
+    if arg.count(b"[") + arg.count(b"{") > max_depth and _raw_depth(arg) > max_depth:
+        raise ValueError(f"nests deeper than {max_depth} levels")
     try:
         value = json.loads(arg)
         # Python reads NaN, Infinity, 1e999 and lone surrogates that other
         # JSON parsers refuse: what is stored must be written back as JSON.
-        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+        size = len(json.dumps(value, ensure_ascii=False, allow_nan=False,
+                              separators=(",", ":")).encode())
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"must be valid JSON ({exc})") from None
-    if _depth(value) > _MAX_JSON_DEPTH:
-        raise ValueError(f"nests deeper than {_MAX_JSON_DEPTH} levels")
+    if size > max_bytes:
+        raise ValueError(f"must be at most {max_bytes} bytes of JSON, got {size} bytes")
+    if _depth(value, max_depth) > max_depth:
+        raise ValueError(f"nests deeper than {max_depth} levels")
     return value
 
 
 def json_object(arg: bytes) -> dict:
-    """A JSON object."""
+    """A JSON object (at most MAX_JSON_BYTES)."""
     value = json_value(arg)
     if not isinstance(value, dict):
         raise ValueError("must be a JSON object")
     return value
 
 
-def _depth(value: Any) -> int:
+def vars_object(arg: bytes) -> dict:
+    """LLM.RUN --VARS: a JSON object of at most MAX_VARS_BYTES."""
+    value = json_value(arg, MAX_VARS_BYTES)
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    return value
+
+
+def record_json(arg: bytes) -> bytes:
+    """A whole record (LLM.RESULT-SET), checked to be JSON the handler can
+    read: not nested beyond MAX_RECORD_DEPTH. Its size is not limited: a
+    record is what a master wrote, and a replica must take it."""
+    if arg.count(b"[") + arg.count(b"{") > MAX_RECORD_DEPTH and _raw_depth(arg) > MAX_RECORD_DEPTH:
+        raise ValueError(f"nests deeper than {MAX_RECORD_DEPTH} levels")
+    return arg
+
+
+def max_bytes(limit: int) -> Converter:
+    """Any bytes, at most ``limit`` of them."""
+    def convert(arg: bytes) -> bytes:
+        if len(arg) > limit:
+            raise ValueError(f"must be at most {limit} bytes, got {len(arg)} bytes")
+        return arg
+    return convert
+
+
+data_bytes = max_bytes(MAX_DATA_BYTES)    # an item's data
+text_bytes = max_bytes(MAX_TEXT_BYTES)    # a run's input, a query, a question, an answer
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?')
+_OPENERS = np.zeros(256, dtype=np.int8)
+_OPENERS[[ord("["), ord("{")]] = 1
+_OPENERS[[ord("]"), ord("}")]] = -1
+
+
+def _raw_depth(arg: bytes) -> int:
+    """How deep the brackets of raw JSON nest, strings left out: found
+    without parsing it, so without recursion."""
+    brackets = _OPENERS[np.frombuffer(_JSON_STRING.sub(b"", arg), dtype=np.uint8)]
+    return int(np.cumsum(brackets, dtype=np.int64).max(initial=0))
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How deep value nests (a scalar: 0), or limit + 1 if deeper than limit."""
     depth, level = 0, [value]
     while level:
         depth += 1
-        if depth > _MAX_JSON_DEPTH:
-            return depth
+        if depth > limit + 1:
+            return depth - 1
         nested = []
         for item in level:
             if isinstance(item, dict):
@@ -196,6 +271,7 @@ def _depth(value: Any) -> int:
 
 def embedding_text(arg: bytes) -> np.ndarray:
     """Comma-separated numbers, e.g. ``1,2,3``."""
+    _check_dim(arg.count(b",") + 1)
     try:
         if b"_" in arg:  # float() reads 1_0 as 10
             raise ValueError
@@ -209,10 +285,17 @@ def embedding_blob(arg: bytes) -> np.ndarray:
     """Little-endian float32 values, as numpy's ``astype('<f4').tobytes()`` writes them."""
     if not arg or len(arg) % 4:
         raise ValueError(f"must be a non-empty multiple of 4 bytes, got {len(arg)} bytes")
+    _check_dim(len(arg) // 4)
     return checked_vector(np.frombuffer(arg, dtype="<f4"))
 
 
+def _check_dim(numbers: int) -> None:
+    if numbers > MAX_DIM:
+        raise ValueError(f"must have at most {MAX_DIM} numbers, got {numbers}")
+
+
 def checked_vector(vector: np.ndarray) -> np.ndarray:
+    _check_dim(vector.size)
     if vector.size == 0:
         raise ValueError("must not be empty")
     if not np.isfinite(vector).all():

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from redis_llm.errors import LLMError
+from redis_llm.parsing import MAX_DIM
 
 FIELDS = ("id", "app", "state", "question", "vars", "answer", "error", "model", "embed_model",
           "latency_ms", "prompt_tokens", "completion_tokens", "matches", "match_source",
@@ -86,6 +87,10 @@ class Records:
 
     def put(self, record: dict, vector: np.ndarray | None = None) -> None:
         """Store (or replace) a record; the oldest go beyond the limit."""
+        if vector is not None:
+            vector = np.asarray(vector, dtype=np.float32)
+            if vector.ndim != 1 or not 0 < vector.size <= MAX_DIM:
+                raise LLMError(f"a record's question embedding must have 1 to {MAX_DIM} numbers")
         rid = record["id"]
         self.items[rid] = record
         if record.get("reviewed_score") is not None:
@@ -94,7 +99,7 @@ class Records:
             self._reviewed.pop(rid, None)
         self.next_id = max(self.next_id, rid + 1)
         if vector is not None:
-            self.vectors[rid] = np.asarray(vector, dtype=np.float32)
+            self.vectors[rid] = vector
         while len(self.items) > self.limit:
             oldest = next(iter(self.items))
             del self.items[oldest]
@@ -246,6 +251,8 @@ def encode_vector(vector: np.ndarray) -> str:
 
 
 def decode_vector(text: str) -> np.ndarray:
+    if not isinstance(text, str) or len(text) > 4 * MAX_DIM * 4 // 3 + 4:
+        raise ValueError("bad vector")
     raw = base64.b64decode(text, validate=True)
     if not raw or len(raw) % 4:
         raise ValueError("bad vector")

@@ -22,6 +22,7 @@ import hnswlib
 import numpy as np
 
 from redis_llm.errors import LLMError
+from redis_llm.parsing import MAX_DATA_BYTES, MAX_DIM
 
 ENCODING_VERSION = 1          # RDB encoding version of this type
 DEFAULT_EF = 64               # query breadth when neither the store nor the query sets one
@@ -40,9 +41,16 @@ _INT_PARAMS = {
     "max_elements": (1, 100_000_000),
     "m": (2, 100),
     "ef_construction": (1, 10_000),
-    "dim": (0, 65_536),
+    "dim": (0, MAX_DIM),
     "ef": (1, 10_000),
 }
+# What an index allocates before it holds an item, per slot of capacity: the
+# level-0 block (reserved_bytes()), then a link-list pointer, a level, a lock
+# and a visited-list mark. 46 bytes of it (level, lock, mark) are written at
+# once; the rest is address space, written as items come.
+_RESERVED_PER_SLOT = 8 + 4 + 40 + 2
+MAX_CAPACITY = 10_000_000           # max_elements: at most 460 MB written up front
+MAX_RESERVED_BYTES = 4 << 30        # max_elements x the bytes per slot at the dimension
 
 # Rough C++ costs of an hnswlib index, for memory_usage(), checked against RSS:
 # per slot of capacity an int level and a std::mutex (the link-list pointers
@@ -86,8 +94,13 @@ class StoreParams:
     ef: int = DEFAULT_EF          # default query breadth
 
     @classmethod
-    def from_json(cls, obj) -> StoreParams:
-        """Validate parsed JSON; raise LLMError naming the offending field."""
+    def from_json(cls, obj, limits: bool = True) -> StoreParams:
+        """Validate parsed JSON; raise LLMError naming the offending field.
+
+        ``limits``: also refuse a capacity that would reserve too much memory
+        up front (lowering the default one instead). Off for values read back
+        from RDB, which keep what they were created with.
+        """
         if not isinstance(obj, dict):
             raise LLMError("--PARAMS must be a JSON object")
         values = {}
@@ -104,7 +117,33 @@ class StoreParams:
                 values[name] = value
             else:
                 raise LLMError(f"unknown vector store parameter '{name}'")
-        return cls(**values)
+        params = cls(**values)
+        if limits:
+            params._check_capacity(given="max_elements" in values)
+        return params
+
+    def _check_capacity(self, given: bool) -> None:
+        if self.max_elements > MAX_CAPACITY:
+            raise LLMError(f"vector store parameter 'max_elements' must be at most {MAX_CAPACITY}: "
+                           "it is the initial capacity, and the store grows past it")
+        fits = self.capacity_that_fits()
+        if self.max_elements <= fits:
+            return
+        if not given:
+            self.max_elements = fits   # the default capacity, lowered to fit
+            return
+        where = f"dimension {self.dim}" if self.dim else "dimension 1, the least,"
+        raise LLMError(
+            f"vector store parameter 'max_elements' {self.max_elements} would reserve more than "
+            f"{MAX_RESERVED_BYTES >> 20} MB up front at {where} with m {self.m} "
+            f"({reserved_bytes(1, max(self.dim, 1), self.m)} bytes per slot): give at most {fits}; "
+            "the store grows past it")
+
+    def capacity_that_fits(self, dim: int | None = None) -> int:
+        """The largest capacity whose index reserves at most MAX_RESERVED_BYTES
+        at dimension ``dim`` (default: the store's; 0, unknown yet, counts as 1)."""
+        per_slot = reserved_bytes(1, max(1, self.dim if dim is None else dim), self.m)
+        return max(1, min(MAX_CAPACITY, MAX_RESERVED_BYTES // per_slot))
 
     def to_json(self) -> dict:
         """The parameters as a JSON object that from_json accepts."""
@@ -164,6 +203,9 @@ class VectorStore:
         dimension does not match the store's.
         """
         self._check_dim(vector)
+        if len(data) > MAX_DATA_BYTES:
+            # Given data is checked when parsed; this is a chat summary's.
+            raise LLMError(f"data must be at most {MAX_DATA_BYTES} bytes, got {len(data)} bytes")
         if meta is not None:
             meta = _own_meta(meta)
         if id is None:
@@ -215,7 +257,10 @@ class VectorStore:
         slots = index.element_count
         deleted = slots - len(self._data)
         if not deleted and slots >= index.max_elements:
-            index.resize_index(2 * slots)
+            try:
+                index.resize_index(2 * slots)
+            except (RuntimeError, MemoryError):
+                raise LLMError(f"not enough memory to grow the vector store to {2 * slots} items") from None
         index.add_items(vector, id, replace_deleted=True)
         if deleted:
             self._forget_reused(index, deleted - 1)
@@ -425,7 +470,7 @@ class VectorStore:
         header = _load_json(chunks[1], dict, "header")
         _check(header.keys() == _HEADER_KEYS, "bad header")
         try:
-            params = StoreParams.from_json(header["params"])
+            params = StoreParams.from_json(header["params"], limits=False)
         except LLMError as exc:
             raise ValueError(f"corrupt vector store: {exc.args[0]}") from None
         has_llm, next_id = header["llm"], header["next_id"]
@@ -576,20 +621,40 @@ class VectorStore:
 
     def _check_dim(self, vector: np.ndarray) -> None:
         dim = self.params.dim
+        if vector.shape[0] > MAX_DIM:
+            # An embedding a provider returned: given ones are checked when parsed.
+            raise LLMError(f"embedding has dimension {vector.shape[0]}, more than {MAX_DIM}")
         if dim and vector.shape[0] != dim:
             raise LLMError(f"embedding has dimension {vector.shape[0]}, the store has {dim}")
 
     def _create_index(self, dim: int) -> hnswlib.Index:
         params = self.params
+        # A store created without a dimension learns it now: its capacity is
+        # lowered to what fits at this dimension (the index grows past it).
+        # Deterministic, so replicas and AOF replays create the same index,
+        # and the lowered value is what dump() and AOF rewrites record.
+        capacity = min(params.max_elements, params.capacity_that_fits(dim))
         index = hnswlib.Index(space=_space(params.metric), dim=dim)
-        index.init_index(max_elements=params.max_elements, M=params.m,
-                         ef_construction=params.ef_construction, random_seed=_SEED,
-                         allow_replace_deleted=True)
+        try:
+            index.init_index(max_elements=capacity, M=params.m,
+                             ef_construction=params.ef_construction, random_seed=_SEED,
+                             allow_replace_deleted=True)
+        except (RuntimeError, MemoryError):
+            raise LLMError(f"not enough memory for a vector store index of {capacity} slots "
+                           f"at dimension {dim}") from None
         index.set_num_threads(1)            # one item per call, inside redis-server
         params.dim = dim
+        params.max_elements = capacity
         self._index = index
         self._slot_bytes = _slot_bytes(params)
         return index
+
+
+def reserved_bytes(capacity: int, dim: int, m: int) -> int:
+    """Bytes an hnswlib index of this capacity, dimension and m allocates when
+    created: 4 * dim + 8 * m + 66 per slot."""
+    level0 = 4 + 4 * 2 * m + 4 * dim + 8   # link count, 2m links, the vector, the label
+    return capacity * (level0 + _RESERVED_PER_SLOT)
 
 
 def _space(metric: str) -> str:

@@ -438,33 +438,61 @@ UNSAFE_TEMPLATES = [
 ]
 
 
+REFUSED_AT_CREATE = (r"^ERR prompt template refused by the sandbox: '__\w+__' on line 1; "
+                     r"templates cannot reach Python internals$")
+
+
 @pytest.mark.parametrize("template", UNSAFE_TEMPLATES)
-def test_sandbox_refuses_unsafe_attributes(r, api, llm, server, template):
+def test_sandbox_refuses_unsafe_attributes_when_the_app_is_created(r, api, llm, server, template):
     watch = LogWatch(server)
-    assert r.execute_command(CREATE_APP, "a", "--LLM", llm, "--PROMPT", template) == 1
-    expect_error(r, RUN, "a", "--VARS", '{"x": "abc"}', "input",
-                 match=r"^ERR template refused by the sandbox: access to attribute '__\w+__' "
-                       r"of '\w+' object is unsafe\.$")
+    expect_error(r, CREATE_APP, "a", "--LLM", llm, "--PROMPT", template, match=REFUSED_AT_CREATE)
+    assert r.exists("a") == 0
     assert api.requests == []
     assert r.ping()
     watch.assert_clean()
 
 
+@pytest.mark.parametrize("template, variables", [
+    ("{{ x|attr(name) }}", {"x": "abc", "name": "__class__"}),
+    ("{{ x[name] }}", {"x": "abc", "name": "__class__"}),
+    ("{{ ('{0.' ~ name ~ '}').format(x) }}", {"x": "abc", "name": "__class__"}),
+    ("{{ x|attr(name)|attr(name) }}", {"x": [], "name": "__class__"}),
+])
+def test_sandbox_refuses_unsafe_attributes_named_by_variables_when_run(r, api, llm, server, template,
+                                                                       variables):
+    watch = LogWatch(server)
+    assert r.execute_command(CREATE_APP, "a", "--LLM", llm, "--PROMPT", template) == 1
+    expect_error(r, RUN, "a", "--VARS", json.dumps(variables), "input",
+                 match=r"^ERR template refused by the sandbox: access to attribute '__\w+__' "
+                       r"of '\w+' object is unsafe\.$")
+    assert api.requests == []
+    watch.assert_clean()
+
+
 @pytest.mark.parametrize("template", [
     "{{ x.__class__ }} {{ context }} {{ question }}",
-    "{{ lipsum.__globals__ }}{{ context }}{{ question }}",
+    "{{ cycler.__init__.__globals__ }}{{ context }}{{ question }}",
 ])
 def test_sandbox_applies_to_search_prompts(r, api, llm, store, template):
-    r.execute_command(CREATE_SEARCH, "s", "--LLM", llm, "--VECTOR-STORE", store, "--PROMPT", template)
-    expect_error(r, RUN, "s", "--VARS", '{"x": "abc"}', "question",
+    expect_error(r, CREATE_SEARCH, "s", "--LLM", llm, "--VECTOR-STORE", store, "--PROMPT", template,
+                 match=REFUSED_AT_CREATE)
+    r.execute_command(CREATE_SEARCH, "s", "--LLM", llm, "--VECTOR-STORE", store,
+                      "--PROMPT", "{{ x|attr(name) }} {{ context }} {{ question }}")
+    expect_error(r, RUN, "s", "--VARS", '{"x": "abc", "name": "__class__"}', "question",
                  match=r"^ERR template refused by the sandbox")
     assert api.chat_requests() == []
 
 
 def test_sandbox_applies_to_chat_prompts(r, api, llm, store):
+    expect_error(r, CREATE_CHAT, "c", "--LLM", llm, "--VECTOR-STORE", store,
+                 "--PROMPT", "{{ cycler.__init__.__globals__ }} {{ history }}", match=REFUSED_AT_CREATE)
+    expect_error(r, CREATE_CHAT, "c", "--LLM", llm, "--VECTOR-STORE", store,
+                 "--HISTORY", json.dumps({"summary_prompt": "{{ conversation.__class__ }}"}),
+                 match=r"^ERR summary_prompt template refused by the sandbox: '__class__'")
     r.execute_command(CREATE_CHAT, "c", "--LLM", llm, "--VECTOR-STORE", store,
-                      "--PROMPT", "{{ cycler.__init__.__globals__ }} {{ history }}")
-    expect_error(r, RUN, "c", "hi", match=r"^ERR template refused by the sandbox")
+                      "--PROMPT", "{{ x|attr(name) }} {{ history }}")
+    expect_error(r, RUN, "c", "--VARS", '{"x": "abc", "name": "__class__"}', "hi",
+                 match=r"^ERR template refused by the sandbox")
     assert api.chat_requests() == []
     assert r.execute_command(HISTORY, "c") == []
 
@@ -505,7 +533,7 @@ def _peak_rss_kb(srv) -> int:
 
 
 def test_template_arithmetic_cannot_make_the_server_allocate_huge_strings(make_server, api):
-    """A prompt may only be 1 MiB, but its template can build any string:
+    """A prompt may only be 64 KiB, but its template can build any string:
     '{{ 'a' * 2**40 }}' in LLM.CREATE-APP made redis-server grow to all the
     machine's memory and get OOM-killed (jinja2 folds constants while
     compiling, on Redis' main thread). Checked here with 32 MiB, a size that
