@@ -165,8 +165,16 @@ def _option_doc(option: Option, key_spec_of: dict, flags: int) -> tuple:
 
 # ---- vector stores ----------------------------------------------------------
 
+def _trusted(ctx: int) -> bool:
+    """A replica or an AOF replay must take what the master took, even when
+    its model files or packages differ, or the master ran an older release
+    with other limits."""
+    return bool(keys.context_flags(ctx) & (_CTX_REPLICATED | _CTX_LOADING))
+
+
 def create_vector_store(ctx: int, args: Args):
-    params = StoreParams.from_json(args.params if args.params is not None else {})
+    params = StoreParams.from_json(args.params if args.params is not None else {},
+                                   limits=not _trusted(ctx))
     existing = keys.read(ctx, args.key, VectorStore)
     if (args.nx and existing is not None) or (args.xx and existing is None):
         return 0
@@ -298,10 +306,7 @@ def _dump_json(value) -> bytes:
 # ---- LLMs -------------------------------------------------------------------
 
 def create_llm(ctx: int, args: Args):
-    # A replica or an AOF replay must take what the master took, even when
-    # its model files or packages differ.
-    trusted = keys.context_flags(ctx) & (_CTX_REPLICATED | _CTX_LOADING)
-    model = LLMModel(args.type or "openai", args.params or {}, check_files=not trusted)
+    model = LLMModel(args.type or "openai", args.params or {}, check_files=not _trusted(ctx))
     return _create(ctx, args, LLMModel, model, b"llm.create-llm")
 
 
@@ -318,19 +323,20 @@ def _create(ctx: int, args: Args, cls: type, value, event: bytes) -> int:
 # ---- applications -----------------------------------------------------------
 
 def create_app(ctx: int, args: Args):
-    app = App("app", args.llm, _prompt(args), record_limit=args.record, review=args.review)
+    app = App("app", args.llm, _prompt(args), record_limit=args.record, review=args.review,
+              checked=not _trusted(ctx))
     return _create(ctx, args, App, app, b"llm.create-app")
 
 
 def create_search(ctx: int, args: Args):
     app = App("search", args.llm, _prompt(args), store=args.vector_store, k=args.k,
-              record_limit=args.record, review=args.review)
+              record_limit=args.record, review=args.review, checked=not _trusted(ctx))
     return _create(ctx, args, App, app, b"llm.create-search")
 
 
 def create_chat(ctx: int, args: Args):
     app = App("chat", args.llm, _prompt(args), store=args.vector_store, history=args.history,
-              record_limit=args.record, review=args.review)
+              record_limit=args.record, review=args.review, checked=not _trusted(ctx))
     return _create(ctx, args, App, app, b"llm.create-chat")
 
 
@@ -766,6 +772,15 @@ def list_keys(ctx: int, args: Args):
     return found[:args.count]
 
 
+def _pattern(arg: bytes) -> bytes:
+    # fnmatch compiles a pattern in time quadratic in its brackets: a long one
+    # would hold Redis' main thread for minutes.
+    if len(arg) > _MAX_PATTERN:
+        raise ValueError(f"must be at most {_MAX_PATTERN} bytes, got {len(arg)}")
+    return arg
+
+
+_MAX_PATTERN = 1024
 _KIND_OF = {LLMModel: lambda value: "llm", VectorStore: lambda value: "vector-store",
             App: lambda app: app.kind}
 KINDS = ("llm", "vector-store", "app", "search", "chat")
@@ -905,7 +920,7 @@ COMMANDS = [
                    exclusive=[("--EMBEDDING", "--EMBEDDING-BLOB")]),
             "Find the K items nearest to an embedding", complexity="O(log N)"),
     Command("LLM.LIST", list_keys, "readonly", -1, (),
-            Syntax((), [Option("--TYPE", choice(*KINDS)), Option("--MATCH", bytes),
+            Syntax((), [Option("--TYPE", choice(*KINDS)), Option("--MATCH", _pattern),
                         Option("--COUNT", integer(1, 100_000), default=1000)]),
             "The LLMs, vector stores and apps of this database that the calling user may read, "
             "as [key, type] pairs sorted by key", complexity="O(N) with N the keys of the database"),
