@@ -303,14 +303,7 @@ class LocalCluster:
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Wait until every live node says cluster_state:ok, knows every live node
         and sees every slot served by a live master that it agrees on."""
-        deadline = time.monotonic() + timeout
-        while True:
-            problem = self._not_ok()
-            if problem is None:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster is not ok after {timeout}s: {problem}")
-            time.sleep(0.05)
+        _wait_for_no_problem(self._not_ok, timeout, "the cluster is not ok")
 
     def _not_ok(self) -> str | None:
         alive = self.alive()
@@ -340,14 +333,7 @@ class LocalCluster:
     def wait_replicas_synced(self, timeout: float = 30.0) -> None:
         """Wait until every live replica's link is up and it has caught up with
         everything its master wrote."""
-        deadline = time.monotonic() + timeout
-        while True:
-            problem = self._replica_lag()
-            if problem is None:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"replicas not in sync after {timeout}s: {problem}")
-            time.sleep(0.05)
+        _wait_for_no_problem(self._replica_lag, timeout, "replicas not in sync")
 
     def _replica_lag(self) -> str | None:
         for master in self.masters():
@@ -400,3 +386,12 @@ def key_slot(key: bytes | str) -> int:
     """The Redis Cluster hash slot of ``key`` (its hash tag, if any, decides)."""
     from redis.crc import key_slot as slot
     return slot(key.encode() if isinstance(key, str) else key)
+
+
+def _wait_for_no_problem(problem, timeout: float, what: str) -> None:
+    """Call ``problem()`` until it returns None (all is well) or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while (found := problem()) is not None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} after {timeout}s: {found}")
+        time.sleep(0.05)
