@@ -58,13 +58,8 @@ def load(module_path: str, args: list[bytes]) -> SimpleNamespace:
         # (name, default, min, max): CONFIG SET llm.<name>, or llm.<name> in
         # redis.conf, which overrides the module argument.
         configs=[(name.replace("_", "-"), getattr(config, name), low, high)
-                 for name, (low, high) in _CONFIGS.items()],
+                 for name, (low, high) in ModuleConfig.LIMITS.items()],
     )
-
-
-# Module configs, all numeric: name -> (min, max).
-_CONFIGS = {"pool_size": ModuleConfig.LIMITS["pool_size"],
-            "queue_size": ModuleConfig.LIMITS["queue_size"]}
 
 
 def config_get(name: str) -> int:

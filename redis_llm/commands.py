@@ -66,10 +66,11 @@ class KeySpec:
     flags: int
     index: int = 1
     keyword: str | None = None
+    startfrom: int = 2  # where the search for the keyword starts: after the key
 
     def as_tuple(self) -> tuple:
         # (flags, begin index, begin keyword, keyword search start, lastkey, keystep, limit)
-        return (self.flags, self.index, self.keyword, 2, 0, 1, 0)
+        return (self.flags, self.index, self.keyword, self.startfrom, 0, 1, 0)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ class Command:
 
     def key_positions(self, argv: Sequence[bytes]) -> list[int]:
         """The positions of the keys in ``argv`` (the command name at 0), found
-        as the key-specs say: at an index, or after the first keyword from 2."""
+        as the key-specs say: at an index, or after the first keyword found
+        from ``startfrom`` on."""
         positions = []
         for spec in self.key_specs:
             if spec.keyword is None:
@@ -110,7 +112,7 @@ class Command:
                     positions.append(spec.index)
                 continue
             keyword = spec.keyword.encode()
-            for pos in range(2, len(argv) - 1):
+            for pos in range(spec.startfrom, len(argv) - 1):
                 if argv[pos].upper() == keyword:
                     positions.append(pos + 1)
                     break
@@ -761,12 +763,12 @@ def _chat_app(ctx: int, key: bytes) -> App:
 # ---- listing ------------------------------------------------------------------
 
 def list_keys(ctx: int, args: Args):
+    readable = keys.read_permission(ctx)
     found = []
     for key, value in keys.scan(ctx):
-        kind = _KIND_OF[type(value)](value)
+        kind = value.kind if type(value) is App else _KIND_OF[type(value)]
         if ((args.type is None or kind == args.type) and
-                (args.match is None or fnmatch.fnmatchcase(key, args.match)) and
-                keys.readable(ctx, key)):
+                (args.match is None or fnmatch.fnmatchcase(key, args.match)) and readable(key)):
             found.append([key, kind.encode()])
     found.sort()
     return found[:args.count]
@@ -781,8 +783,7 @@ def _pattern(arg: bytes) -> bytes:
 
 
 _MAX_PATTERN = 1024
-_KIND_OF = {LLMModel: lambda value: "llm", VectorStore: lambda value: "vector-store",
-            App: lambda app: app.kind}
+_KIND_OF = {LLMModel: "llm", VectorStore: "vector-store"}  # an app's is its kind
 KINDS = ("llm", "vector-store", "app", "search", "chat")
 
 

@@ -28,7 +28,8 @@ class ModuleConfig:
     queue_size: int = 1000
     debug_commands: bool = False  # registers LLM.DEBUG, for tests
 
-    # The numeric arguments' ranges, shared with their CONFIG SET forms.
+    # The numeric arguments' ranges; each is also a module config (CONFIG SET
+    # llm.pool-size), registered by bridge.load.
     LIMITS: ClassVar[dict] = {"pool_size": (1, 1024), "queue_size": (1, 1_000_000)}
 
     @classmethod

@@ -30,7 +30,7 @@ class Counters:
 # Per provider type ("openai", "azure_openai", "llamacpp"): a request is one
 # chat or embedding call, whatever its retries; an error is a call that
 # failed in the end; retries are the attempts after the first.
-providers: dict[str, Counters] = defaultdict(Counters)
+providers: dict[str, Counters] = {}
 
 # Records and reviews: created, reviewed, and answers served from a review.
 records = Counters()
@@ -38,7 +38,9 @@ records = Counters()
 
 def provider_call(kind: str):
     """Count one call of a provider of type ``kind``: use as ``with provider_call(kind) as call``."""
-    return _Call(providers[kind])
+    # setdefault, not a defaultdict: two workers making the first call of a
+    # type at once must not each get counters of their own.
+    return _Call(providers.get(kind) or providers.setdefault(kind, Counters()))
 
 
 class _Call:
@@ -62,8 +64,8 @@ class _Call:
 
 def provider_fields(kinds) -> list[tuple[str, int]]:
     """``<type>_<counter>`` fields for each provider type in ``kinds``."""
-    return [(f"{kind}_{name}", providers[kind].get(name)) for kind in kinds
-            for name in PROVIDER_FIELDS]
+    return [(f"{kind}_{name}", providers[kind].get(name) if kind in providers else 0)
+            for kind in kinds for name in PROVIDER_FIELDS]
 
 
 def record_fields() -> list[tuple[str, int]]:
