@@ -1,4 +1,4 @@
-"""Helpers shared by the test files: error replies, commands run in threads."""
+"""Helpers shared by the test files: error replies, commands run in threads, waiting."""
 
 import re
 import threading
@@ -47,3 +47,14 @@ def in_thread(fn):
     thread.start()
     out["thread"] = thread
     return out
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):
+    """Call predicate until it returns something true, and return that; fail
+    the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+    return value

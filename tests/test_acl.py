@@ -102,6 +102,21 @@ def test_llm_list_shows_a_tenant_only_the_keys_it_may_read(r, tenants):
                                                            [b"alice:llm", b"llm"]]
 
 
+@pytest.mark.parametrize("args, match", [
+    (("--TYPE", "index"), "--TYPE must be one of llm, vector-store, app, search, chat"),
+    (("--COUNT", "0"), "--COUNT must be an integer from 1 to 100000"),
+    (("--COUNT", "many"), "--COUNT must be an integer"),
+    (("--MATCH",), "option --MATCH needs a value"),
+    (("--TYPE", "llm", "--type", "app"), "option --TYPE given more than once"),
+    (("--SORT",), "unknown option '--SORT'"),
+    (("keys",), "syntax error at 'keys'"),
+])
+def test_llm_list_refuses_bad_arguments(r, args, match):
+    r.execute_command("LLM.CREATE-VECTOR-STORE", "s")
+    expect_error(r, "LLM.LIST", *args, match=match)
+    assert r.execute_command("LLM.LIST") == [[b"s", b"vector-store"]]
+
+
 def test_the_review_names_the_acl_user_who_gave_it(tenants):
     _, bob = tenants
     record = bob.execute_command("LLM.RESULT", "bob:app", 1)

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import redis
-from helpers import ERROR_CODE, error_text
+from helpers import ERROR_CODE, error_text, wait_for
 from openai_server import OpenAIServer
 from redis._parsers.commands import CommandsParser
 
@@ -59,13 +59,9 @@ def with_app(client, api, key="app", **options):
 
 
 def wait_done(client, key, rid, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = client.result(key, rid)
-        if record is not None and record["state"] in ("done", "failed"):
-            return record
-        time.sleep(0.02)
-    raise AssertionError(f"result {rid} of {key} did not finish")
+    return wait_for(lambda: (record := client.result(key, rid)) is not None
+                    and record["state"] in ("done", "failed") and record,
+                    timeout, f"result {rid} of {key} to finish", 0.02)
 
 
 def server_error(fn, match: str) -> str:

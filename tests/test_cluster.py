@@ -12,12 +12,11 @@ master: it must stay last.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
 import redis
-from helpers import expect_error
+from helpers import expect_error, wait_for
 from openai_server import OpenAIServer
 from redis.exceptions import RedisClusterException
 
@@ -103,13 +102,10 @@ def create_llm(client, api: OpenAIServer, tag: str) -> None:
 
 
 def wait_done(client, app_key: str, record_id: int, timeout: float = 15.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = as_dict(client.execute_command("LLM.RESULT", app_key, record_id))
-        if record["state"] in (b"done", b"failed"):
-            return record
-        assert time.monotonic() < deadline, f"result {record_id} of {app_key} still {record['state']}"
-        time.sleep(0.02)
+    return wait_for(lambda: (record := as_dict(client.execute_command("LLM.RESULT", app_key,
+                                                                      record_id)))["state"]
+                    in (b"done", b"failed") and record,
+                    timeout, f"result {record_id} of {app_key} to finish", 0.02)
 
 
 def vectors_for(tag: str, n: int = 12) -> list[np.ndarray]:

@@ -18,7 +18,6 @@ import os
 import re
 import signal
 import struct
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +25,8 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from helpers import wait_for
 
 DIM = 16
 MAX_ID = 2**64 - 1
@@ -390,17 +391,6 @@ def kill_children(srv) -> None:
 
 
 # ---- waiting on the server -------------------------------------------------------
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
 
 def restart(srv, save: bool = False):
     """srv.restart(save), without redis-py's reconnection retries after SHUTDOWN (~4 s)."""

@@ -23,6 +23,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from helpers import wait_for
 from openai_server import OpenAIServer
 from test_durability import (
     aof_files,
@@ -30,7 +31,6 @@ from test_durability import (
     crash_lines,
     restart,
     wait_aof_rewrite_done,
-    wait_for,
     wait_replica_synced,
     with_valid_checksum,
 )

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import redis
-from helpers import ERROR_CODE, error_text, expect_error, in_thread  # noqa: F401
+from helpers import ERROR_CODE, error_text, expect_error, in_thread, wait_for  # noqa: F401
 from openai_server import OpenAIServer
 
 KEY = "sk-test-4f9a2c7e1b3d5a6c8e0f"          # the api_key the module is given
@@ -88,13 +88,6 @@ def joined(job, timeout: float = 10):
     if "error" in job:
         raise job["error"]
     return job["value"]
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def blocked(client) -> int:

@@ -3,26 +3,17 @@ SLOWLOG / LATENCY for commands whose client waits for a worker."""
 
 import json
 import subprocess
-import time
 
 import pytest
 import redis
 
-from helpers import expect_error, in_thread
+from helpers import expect_error, in_thread, wait_for
 
 SLEEP = ("LLM.DEBUG", "SLEEP")
 
 
 def llm_info(client) -> dict:
     return client.info("llm")
-
-
-def wait_until(predicate, what: str, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-    return value
 
 
 # ---- INFO ---------------------------------------------------------------------
@@ -91,8 +82,8 @@ def test_info_shows_busy_workers_and_the_queue(make_server):
     client = srv.client()
     jobs = [in_thread(lambda: srv.client().execute_command(*SLEEP, "--SECONDS", "0.6"))
             for _ in range(3)]
-    info = wait_until(lambda: (i := llm_info(client))["llm_queue_depth"] == 2 and i,
-                      "two jobs queued behind the busy worker")
+    info = wait_for(lambda: (i := llm_info(client))["llm_queue_depth"] == 2 and i,
+                      5, "two jobs queued behind the busy worker")
     assert info["llm_busy_workers"] == 1 and info["llm_pool_size"] == 1
     for job in jobs:
         job["thread"].join(10)
@@ -122,15 +113,15 @@ def test_config_set_pool_size_changes_how_many_jobs_run_side_by_side(make_server
     assert client.config_set("llm.pool-size", 3)
     jobs = [in_thread(lambda: srv.client().execute_command(*SLEEP, "--SECONDS", "0.8"))
             for _ in range(3)]
-    wait_until(lambda: llm_info(client)["llm_busy_workers"] == 3, "three busy workers")
+    wait_for(lambda: llm_info(client)["llm_busy_workers"] == 3, 5, "three busy workers")
     for job in jobs:
         job["thread"].join(10)
     # Shrinking: idle surplus workers leave, later jobs run one at a time.
     assert client.config_set("llm.pool-size", 1)
     jobs = [in_thread(lambda: srv.client().execute_command(*SLEEP, "--SECONDS", "0.5"))
             for _ in range(2)]
-    info = wait_until(lambda: (i := llm_info(client))["llm_queue_depth"] == 1 and i,
-                      "a job waiting for the one worker", timeout=5)
+    info = wait_for(lambda: (i := llm_info(client))["llm_queue_depth"] == 1 and i,
+                      5, "a job waiting for the one worker")
     assert info["llm_busy_workers"] == 1
     for job in jobs:
         job["thread"].join(10)
@@ -142,9 +133,9 @@ def test_config_set_queue_size_refuses_jobs_beyond_it(make_server):
     client = srv.client()
     assert client.config_set("llm.queue-size", 1)
     running = in_thread(lambda: srv.client().execute_command(*SLEEP, "--SECONDS", "0.6"))
-    wait_until(lambda: llm_info(client)["llm_busy_workers"] == 1, "the worker busy")
+    wait_for(lambda: llm_info(client)["llm_busy_workers"] == 1, 5, "the worker busy")
     queued = in_thread(lambda: srv.client().execute_command(*SLEEP, "--SECONDS", "0"))
-    wait_until(lambda: llm_info(client)["llm_queue_depth"] == 1, "one job queued")
+    wait_for(lambda: llm_info(client)["llm_queue_depth"] == 1, 5, "one job queued")
     expect_error(client, *SLEEP, "--SECONDS", "0", match="queue is full")
     for job in (running, queued):
         job["thread"].join(10)

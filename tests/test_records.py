@@ -13,7 +13,8 @@ import time
 import pytest
 import redis
 from helpers import ERROR_CODE, error_text, expect_error  # noqa: F401
-from test_durability import restart, wait_aof_rewrite_done, wait_for, wait_replica_synced
+from helpers import wait_for
+from test_durability import restart, wait_aof_rewrite_done, wait_replica_synced
 
 FIELDS = [b"id", b"app", b"state", b"question", b"vars", b"answer", b"error", b"model",
           b"embed_model", b"latency_ms", b"prompt_tokens", b"completion_tokens", b"matches",

@@ -31,10 +31,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from helpers import wait_for
 
 DEFAULT_COMMANDS = 100_000
 DIM = 32
@@ -117,15 +118,6 @@ def soak_client(port: int, socket_timeout: float) -> redis.Redis:
     again after a socket timeout, hiding a reply that never came."""
     return redis.Redis(host="127.0.0.1", port=port, socket_timeout=socket_timeout,
                        retry=Retry(NoBackoff(), 0))
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-    return value
 
 
 @dataclass
@@ -374,13 +366,13 @@ class Soak:
 
     def settle(self, timeout: float = 30.0) -> dict:
         """Wait until no client is blocked, no job is queued and no worker is busy."""
-        return wait_until(lambda: (p := self.pending()) and not any(p.values()) and p,
-                          timeout, "no blocked client, no queued job, no busy worker")
+        return wait_for(lambda: (p := self.pending()) and not any(p.values()) and p,
+                        timeout, "no blocked client, no queued job, no busy worker", 0.05)
 
     def wait_freed(self, timeout: float = 30.0) -> None:
         """Wait for lazy-free (UNLINK) to finish."""
-        wait_until(lambda: self.memory()["lazyfree_pending_objects"] == 0, timeout,
-                   "lazy-free to finish")
+        wait_for(lambda: self.memory()["lazyfree_pending_objects"] == 0, timeout,
+                 "lazy-free to finish", 0.05)
 
 
 @dataclass
