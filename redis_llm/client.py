@@ -82,6 +82,7 @@ class RunDetails(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     served_from: str
+    record: int | None
 
 
 class Record(TypedDict):
@@ -117,14 +118,18 @@ class Record(TypedDict):
 
 class Stats(TypedDict):
     """What LLM.STATS replies. ``models`` maps a model name to its ``results``
-    (done results), ``mean_latency_ms``, ``prompt_tokens`` and ``completion_tokens``."""
+    (done results), ``mean_latency_ms``, ``prompt_tokens``,
+    ``completion_tokens``, ``reviewed`` and ``mean_score`` (None when none is
+    reviewed). ``over_time`` (with ``interval``) is a list of
+    ``(start ms, results, reviewed)``."""
 
     records: int
     by_state: dict[str, int]
     by_band: dict[str, int]
     reviewed: int
     mean_score: float | None
-    models: dict[str, dict[str, float]]
+    models: dict[str, dict[str, float | None]]
+    over_time: list[tuple[int, int, int]]
 
 
 class Client:
@@ -455,11 +460,13 @@ class Client:
     def results(self, key: KeyT, *, state: str | None = None, reviewed: bool | None = None,
                 model: str | None = None, tag: str | None = None, session: DataT | None = None,
                 min_score: float | None = None, max_score: float | None = None,
-                since: int | None = None, count: int | None = None,
-                offset: int | None = None) -> list[Record]:
+                since: int | None = None, until: int | None = None, text: DataT | None = None,
+                count: int | None = None, offset: int | None = None) -> list[Record]:
         """LLM.RESULTS: records matching every filter, newest first, ``count``
         (server default 10) at most after ``offset``. ``reviewed=True`` sends
-        ``--REVIEWED``, ``reviewed=False`` ``--UNREVIEWED``; ``since`` is Unix ms.
+        ``--REVIEWED``, ``reviewed=False`` ``--UNREVIEWED``; ``since`` and
+        ``until`` are Unix ms (``until`` excluded); ``text`` is found in the
+        question, answer or reviewed answer, ignoring case.
 
         >>> [r["id"] for r in llm.results("ask", reviewed=False, state="done", count=50)]
         [3, 2]
@@ -474,6 +481,8 @@ class Client:
         _option(args, "--MIN-SCORE", _decimal(min_score, "min_score"))
         _option(args, "--MAX-SCORE", _decimal(max_score, "max_score"))
         _option(args, "--SINCE", _integer(since, "since"))
+        _option(args, "--UNTIL", _integer(until, "until"))
+        _option(args, "--TEXT", text)
         _option(args, "--COUNT", _integer(count, "count"))
         _option(args, "--OFFSET", _integer(offset, "offset"))
         return [_record(reply) for reply in self._call(*args)]
@@ -508,13 +517,19 @@ class Client:
         _option(args, "--META", _json(meta, "meta"))
         return int(self._call(*args))
 
-    def stats(self, key: KeyT) -> Stats:
-        """LLM.STATS: counts by state and review band, mean score, per-model figures.
+    def stats(self, key: KeyT, *, interval: int | None = None) -> Stats:
+        """LLM.STATS: counts by state and review band, mean score, per-model
+        figures; with ``interval`` (ms, at least 1000) results and reviewed
+        results per interval, in ``over_time``.
 
         >>> llm.stats("ask")["by_state"]["done"]
         3
+        >>> llm.stats("ask", interval=3_600_000)["over_time"]
+        [(1764648000000, 3, 2)]
         """
-        fields = _pairs(self._call("LLM.STATS", key))
+        args: list = ["LLM.STATS", key]
+        _option(args, "--INTERVAL", _integer(interval, "interval"))
+        fields = _pairs(self._call(*args))
         mean = fields["mean_score"]
         return {
             "records": int(fields["records"]),
@@ -524,8 +539,13 @@ class Client:
             "mean_score": float(mean) if mean else None,
             "models": {_text(name): {"results": int(count), "mean_latency_ms": float(latency),
                                      "prompt_tokens": int(prompt),
-                                     "completion_tokens": int(completion)}
-                       for name, count, latency, prompt, completion in fields["models"]},
+                                     "completion_tokens": int(completion),
+                                     "reviewed": int(reviewed),
+                                     "mean_score": float(score) if score else None}
+                       for name, count, latency, prompt, completion, reviewed, score
+                       in fields["models"]},
+            "over_time": [(int(start), int(results), int(reviewed))
+                          for start, results, reviewed in fields.get("over_time", [])],
         }
 
     def result_set(self, key: KeyT, record: Mapping[str, Any] | str | bytes, *,
@@ -668,6 +688,8 @@ def _run_details(reply: list) -> RunDetails:
             details[name] = [_match(row) for row in value]
         elif name in ("prompt_tokens", "completion_tokens"):
             details[name] = int(value)
+        elif name == "record":
+            details[name] = None if value is None else int(value)
         else:
             details[name] = _text(value)
     return details  # type: ignore[return-value]

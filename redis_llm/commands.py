@@ -427,7 +427,7 @@ def _recorded(app: App, args: Args, record: dict | None, job):
                 changes["match_source"] = meta.get("source")
                 changes["match_page"] = meta.get("page")
             locked(lambda ctx: _update_record(ctx, args.key, app, record, outcome.vector, **changes))
-        return _answer(outcome, args)
+        return _answer(outcome, args, record)
     return recorded
 
 
@@ -604,7 +604,7 @@ def _context_item(data: bytes, meta: dict | None) -> str:
     return _text(data) + (f"\n({', '.join(fields)})" if fields else "")
 
 
-def _answer(outcome: _Outcome, args: Args):
+def _answer(outcome: _Outcome, args: Args, record: dict | None):
     completion, prompt, items = outcome.completion, outcome.prompt, outcome.items
     if not args.verbose:
         return completion.text.encode()
@@ -614,7 +614,8 @@ def _answer(outcome: _Outcome, args: Args):
                        for item_id, distance, data, meta in items],
             b"model", completion.model.encode(), b"prompt_tokens", completion.prompt_tokens,
             b"completion_tokens", completion.completion_tokens,
-            b"served_from", outcome.served_from.encode()]
+            b"served_from", outcome.served_from.encode(),
+            b"record", record["id"] if record is not None else None]
 
 
 # ---- records and reviews ----------------------------------------------------
@@ -640,8 +641,8 @@ def results(ctx: int, args: Args):
     found = app.records.query(
         state=args.state, reviewed=reviewed, model=_opt_text(args.model), tag=_opt_text(args.tag),
         session=None if args.session is None else args.session.decode("latin-1"),
-        min_score=args.min_score, max_score=args.max_score, since=args.since, count=args.count,
-        offset=args.offset)
+        min_score=args.min_score, max_score=args.max_score, since=args.since, until=args.until,
+        text=_opt_text(args.text), count=args.count, offset=args.offset)
     return [record_reply(record) for record in found]
 
 
@@ -696,7 +697,7 @@ def record_result(ctx: int, args: Args):
 
 
 def stats(ctx: int, args: Args):
-    return _app(ctx, args.key).records.stats()
+    return _app(ctx, args.key).records.stats(args.interval)
 
 
 def result_set(ctx: int, args: Args):
@@ -783,6 +784,12 @@ def _pattern(arg: bytes) -> bytes:
 
 
 _MAX_PATTERN = 1024
+
+
+def _search_text(arg: bytes) -> bytes:
+    if not arg or len(arg) > _MAX_PATTERN:
+        raise ValueError(f"must be 1 to {_MAX_PATTERN} bytes, got {len(arg)}")
+    return arg
 _KIND_OF = {LLMModel: "llm", VectorStore: "vector-store"}  # an app's is its kind
 KINDS = ("llm", "vector-store", "app", "search", "chat")
 
@@ -866,6 +873,7 @@ COMMANDS = [
                           Option("--UNREVIEWED"), Option("--MODEL", bytes), Option("--TAG", bytes),
                           Option("--SESSION", bytes), Option("--MIN-SCORE", _SCORE),
                           Option("--MAX-SCORE", _SCORE), Option("--SINCE", integer(0, 2**62)),
+                          Option("--UNTIL", integer(0, 2**62)), Option("--TEXT", _search_text),
                           Option("--COUNT", integer(1, 10000), default=10),
                           Option("--OFFSET", integer(0, 2**31), default=0)],
                    exclusive=[("--REVIEWED", "--UNREVIEWED")]),
@@ -880,8 +888,9 @@ COMMANDS = [
                           Option("--LATENCY", integer(0, 2**31)), Option("--TAGS", _tags),
                           Option("--SESSION", bytes), Option("--META", json_object)]),
             "Record a question and answer computed elsewhere (an agent's result); returns its id"),
-    Command("LLM.STATS", stats, "readonly", 2, (KeySpec(KEY_RO | KEY_ACCESS),), Syntax(_KEY),
-            "Counts by state and review band, mean score, and per model figures",
+    Command("LLM.STATS", stats, "readonly", -2, (KeySpec(KEY_RO | KEY_ACCESS),),
+            Syntax(_KEY, [Option("--INTERVAL", integer(1000, 2**40))]),
+            "Counts by state and review band, mean score, per model figures, and counts over time",
             complexity="O(N)"),
     Command("LLM.RESULT-SET", result_set, "write deny-oom", 3, (KeySpec(KEY_RW | KEY_UPDATE),),
             Syntax(_KEY, trailing="required", trailing_name="record", trailing_convert=record_json),

@@ -110,10 +110,13 @@ class Records:
         return self.items.get(rid)
 
     def query(self, state=None, reviewed=None, model=None, tag=None, session=None,
-              min_score=None, max_score=None, since=None, count=10, offset=0) -> list[dict]:
-        """Records matching every filter given, newest first."""
+              min_score=None, max_score=None, since=None, until=None, text=None, count=10,
+              offset=0) -> list[dict]:
+        """Records matching every filter given, newest first. ``text`` matches
+        question, answer or reviewed answer, ignoring case."""
         out = []
         skipped = 0
+        needle = None if text is None else text.casefold()
         for record in reversed(self.items.values()):
             score = record.get("reviewed_score")
             if (state is not None and record.get("state") != state) or \
@@ -123,7 +126,9 @@ class Records:
                     (session is not None and record.get("session") != session) or \
                     (min_score is not None and (score is None or score < min_score)) or \
                     (max_score is not None and (score is None or score > max_score)) or \
-                    (since is not None and record["created_at"] < since):
+                    (since is not None and record["created_at"] < since) or \
+                    (until is not None and record["created_at"] >= until) or \
+                    (needle is not None and not _mentions(record, needle)):
                 continue
             if skipped < offset:
                 skipped += 1
@@ -157,28 +162,47 @@ class Records:
                     found.append((distance, record["id"], record))
         return [record for _, _, record in sorted(found, key=lambda f: (f[0], -f[1]))]
 
-    def stats(self) -> list:
+    def stats(self, interval: int | None = None) -> list:
+        """LLM.STATS: counts by state and band, the mean score, per-model
+        figures and, with ``interval`` (ms), results and reviewed results per
+        interval of ``created_at``."""
         by_state = {state: 0 for state in STATES}
         by_band = {name: 0 for name, _ in BANDS}
         scores = []
+        # model: [done, latency, prompt tokens, completion tokens, reviewed, score sum]
         models: dict[str, list] = {}
+        buckets: dict[int, list] = {}
         for record in self.items.values():
             by_state[record["state"]] = by_state.get(record["state"], 0) + 1
-            if record.get("reviewed_score") is not None:
-                scores.append(record["reviewed_score"])
-                by_band[band(record["reviewed_score"])] += 1
+            score = record.get("reviewed_score")
+            if score is not None:
+                scores.append(score)
+                by_band[band(score)] += 1
             if record["state"] == "done":
-                m = models.setdefault(record.get("model") or "", [0, 0, 0, 0, 0])
+                m = models.setdefault(record.get("model") or "", [0, 0, 0, 0, 0, 0])
                 m[0] += 1
                 m[1] += record.get("latency_ms") or 0
                 m[2] += record.get("prompt_tokens") or 0
                 m[3] += record.get("completion_tokens") or 0
+                if score is not None:
+                    m[4] += 1
+                    m[5] += score
+            if interval:
+                bucket = buckets.setdefault(record["created_at"] // interval * interval, [0, 0])
+                bucket[0] += 1
+                bucket[1] += score is not None
         flat = lambda d: [x for k, v in d.items() for x in (k.encode(), v)]  # noqa: E731
-        return [b"records", len(self.items), b"by_state", flat(by_state), b"by_band", flat(by_band),
-                b"reviewed", len(scores),
-                b"mean_score", _number(sum(scores) / len(scores)) if scores else b"",
-                b"models", [[name.encode(), count, _number(latency / count), prompt, completion]
-                            for name, (count, latency, prompt, completion, _) in sorted(models.items())]]
+        reply = [b"records", len(self.items), b"by_state", flat(by_state), b"by_band", flat(by_band),
+                 b"reviewed", len(scores),
+                 b"mean_score", _number(sum(scores) / len(scores)) if scores else b"",
+                 b"models", [[name.encode(), count, _number(latency / count), prompt, completion,
+                              reviewed, _number(total / reviewed) if reviewed else b""]
+                             for name, (count, latency, prompt, completion, reviewed, total)
+                             in sorted(models.items())]]
+        if interval:
+            reply += [b"over_time", [[start, results, reviewed]
+                                     for start, (results, reviewed) in sorted(buckets.items())]]
+        return reply
 
     # ---- persistence: part of the app's JSON state ----
     def state(self) -> dict:
@@ -257,6 +281,11 @@ def decode_vector(text: str) -> np.ndarray:
     if not raw or len(raw) % 4:
         raise ValueError("bad vector")
     return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+def _mentions(record: dict, needle: str) -> bool:
+    return any(needle in (record.get(name) or "").casefold()
+               for name in ("question", "answer", "reviewed_answer"))
 
 
 def _number(value: float) -> bytes:

@@ -65,10 +65,10 @@ def sent_messages(api: OpenAIServer, index: int = -1) -> list:
 
 def verbose(reply: list) -> dict:
     """An LLM.RUN --VERBOSE reply as a dict (and its keys in order)."""
-    assert len(reply) == 14, reply
+    assert len(reply) == 16, reply
     names = reply[0::2]
     assert names == [b"answer", b"prompt", b"items", b"model", b"prompt_tokens",
-                     b"completion_tokens", b"served_from"], names
+                     b"completion_tokens", b"served_from", b"record"], names
     return dict(zip((n.decode() for n in names), reply[1::2]))
 
 
@@ -377,7 +377,18 @@ def test_verbose_reply_has_prompt_model_and_the_servers_token_counts(r, api, llm
     assert reply == {"answer": b"Hello LLM, nice to meet you",
                      "prompt": b"Say hello to LLM\n\nplease",
                      "items": [], "model": b"gpt-3.5-turbo",
-                     "prompt_tokens": 5, "completion_tokens": 6, "served_from": b"llm"}
+                     "prompt_tokens": 5, "completion_tokens": 6, "served_from": b"llm",
+                     "record": 1}
+
+
+def test_verbose_reply_names_the_record_of_the_run_or_nil_without_records(r, api, llm):
+    r.execute_command(CREATE_APP, "a", "--LLM", llm)
+    r.execute_command(CREATE_APP, "quiet", "--LLM", llm, "--RECORD", "0")
+    api.script("first", "second", "third")
+    assert verbose(r.execute_command(RUN, "a", "--VERBOSE", "x"))["record"] == 1
+    assert verbose(r.execute_command(RUN, "a", "--VERBOSE", "y"))["record"] == 2
+    assert r.execute_command("LLM.RESULT", "a", 2)[11] == b"second"
+    assert verbose(r.execute_command(RUN, "quiet", "--VERBOSE", "z"))["record"] is None
 
 
 def test_verbose_model_and_token_counts_come_from_the_llm(r, api):

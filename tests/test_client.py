@@ -360,7 +360,7 @@ def test_run_verbose_returns_run_details(client, api):
     api.script("Paris is in France, says the atlas.")
     details = client.run("ask", "Where is Paris?", verbose=True)
     assert list(details) == ["answer", "prompt", "items", "model", "prompt_tokens",
-                             "completion_tokens", "served_from"]
+                             "completion_tokens", "served_from", "record"]
     assert details["answer"] == "Paris is in France, says the atlas."
     assert "Where is Paris?" in details["prompt"] and "(source: atlas.pdf, page: 3)" in \
         details["prompt"]
@@ -369,6 +369,7 @@ def test_run_verbose_returns_run_details(client, api):
     assert item.meta == {"source": "atlas.pdf", "page": 3} and isinstance(item.distance, float)
     assert details["model"] == "gpt-3.5-turbo" and details["served_from"] == "llm"
     assert isinstance(details["prompt_tokens"], int) and details["completion_tokens"] == 7
+    assert details["record"] == 1 and client.result("ask", 1)["answer"] == details["answer"]
 
 
 def test_async_run_returns_the_record_id_and_its_result_is_a_dict(client, api):
@@ -408,6 +409,8 @@ def test_review_results_and_filters_decode_records(client, api):
                                                 count=1)] == [4]
     since = client.result("app", 3)["created_at"]
     assert {rec["id"] for rec in client.results("app", since=since)} >= {3, 4}
+    assert {rec["id"] for rec in client.results("app", until=since)} <= {1, 2}
+    assert [rec["id"] for rec in client.results("app", text="THREE")] == [3]
     assert client.results("missing") == []
 
 
@@ -449,8 +452,14 @@ def test_stats_decodes_counts_bands_mean_and_models(client, api):
                                 "a known fact": 1}
     assert set(stats["models"]) == {"gpt-3.5-turbo", "agent"}
     assert stats["models"]["agent"] == {"results": 1, "mean_latency_ms": 10.0,
-                                        "prompt_tokens": 0, "completion_tokens": 0}
+                                        "prompt_tokens": 0, "completion_tokens": 0,
+                                        "reviewed": 1, "mean_score": 70.0}
     assert stats["models"]["gpt-3.5-turbo"]["results"] == 2
+    assert stats["models"]["gpt-3.5-turbo"]["reviewed"] == 1
+    assert stats["models"]["gpt-3.5-turbo"]["mean_score"] == 97.0
+    assert stats["over_time"] == []
+    [(start, results, reviewed)] = client.stats("app", interval=86_400_000 * 365)["over_time"]
+    assert (results, reviewed) == (3, 2) and start % (86_400_000 * 365) == 0
     with_app(client, api, key="empty")
     assert client.stats("empty")["mean_score"] is None
 

@@ -56,10 +56,10 @@ def wait_done(r, key, rid, timeout: float = 10.0) -> dict:
                     and rec, timeout, f"result {rid} to finish")
 
 
-def stats(r, key) -> dict:
-    reply = r.execute_command("LLM.STATS", key)
+def stats(r, key, *options) -> dict:
+    reply = r.execute_command("LLM.STATS", key, *options)
     assert reply[0::2] == [b"records", b"by_state", b"by_band", b"reviewed", b"mean_score",
-                           b"models"], reply
+                           b"models"] + ([b"over_time"] if options else []), reply
     return dict(zip((n.decode() for n in reply[0::2]), reply[1::2]))
 
 
@@ -251,6 +251,22 @@ def test_results_filters_newest_first(r, api):
     assert ids(r, "app", "--COUNT", 2, "--OFFSET", 1) == [3, 2]
     assert ids(r, "app", "--OFFSET", 4) == []
     assert ids(r, "app", "--MODEL", "m1", "--SESSION", "s1", "--REVIEWED") == [3]
+    assert ids(r, "app", "--UNTIL", since) == [2, 1]
+    assert ids(r, "app", "--SINCE", since, "--UNTIL", since) == []
+
+
+def test_results_text_finds_question_answer_or_reviewed_answer_ignoring_case(r, api):
+    create_app(r, api)
+    record(r, q="Where is Paris?", a="In France.")
+    record(r, q="Who wrote redis-llm?", a="Nobody knows.")
+    record(r, q="What is Redis?", a="A database.")
+    r.execute_command("LLM.REVIEW", "app", 2, "--ANSWER", "sewenew wrote it", "--SCORE", 97)
+    assert ids(r, "app", "--TEXT", "paris") == [1]
+    assert ids(r, "app", "--TEXT", "FRANCE") == [1]
+    assert ids(r, "app", "--TEXT", "sewenew") == [2]
+    assert ids(r, "app", "--TEXT", "redis") == [3, 2]
+    assert ids(r, "app", "--TEXT", "redis", "--REVIEWED") == [2]
+    assert ids(r, "app", "--TEXT", "nowhere") == []
 
 
 def test_results_count_defaults_to_ten(r, api):
@@ -271,6 +287,10 @@ def test_results_count_defaults_to_ten(r, api):
     ("--COUNT", "x"),
     ("--OFFSET", "-1"),
     ("--SINCE", "yesterday"),
+    ("--UNTIL", "-5"),
+    ("--TEXT", ""),
+    ("--TEXT", "x" * 1025),
+    ("--TEXT", "a", "--TEXT", "b"),
 ])
 def test_results_rejects_bad_filters(r, api, options):
     create_app(r, api)
@@ -426,7 +446,38 @@ def test_stats_counts_states_bands_scores_and_models(r, api):
     assert s["by_band"] == [b"not confident", 1, b"somewhat confident", 1, b"confident", 1,
                             b"a known fact", 1]
     assert s["reviewed"] == 4 and s["mean_score"] == b"62.5"
-    assert s["models"] == [[b"", 1, b"0", 0, 0], [b"m1", 2, b"150.5", 0, 0], [b"m2", 1, b"10", 0, 0]]
+    # [model, done, mean latency, prompt tokens, completion tokens, reviewed, mean score]
+    assert s["models"] == [[b"", 1, b"0", 0, 0, 1, b"95"], [b"m1", 2, b"150.5", 0, 0, 2, b"37.5"],
+                           [b"m2", 1, b"10", 0, 0, 1, b"80"]]
+
+
+def test_stats_interval_counts_results_and_reviewed_per_interval_of_creation(r, api):
+    create_app(r, api)
+    for _ in range(3):
+        record(r)
+    r.execute_command("LLM.REVIEW", "app", 2, "--ANSWER", "a", "--SCORE", 50)
+    created = [int(result(r, "app", rid)["created_at"]) for rid in (1, 2, 3)]
+    day = 86_400_000
+    # Every record of this test falls in one day, unless it straddles midnight.
+    expected: dict[int, list] = {}
+    for rid, at in zip((1, 2, 3), created):
+        bucket = expected.setdefault(at // day * day, [0, 0])
+        bucket[0] += 1
+        bucket[1] += rid == 2
+    assert stats(r, "app", "--INTERVAL", day)["over_time"] == [
+        [start, n, reviewed] for start, (n, reviewed) in sorted(expected.items())]
+    second = stats(r, "app", "--INTERVAL", 1000)["over_time"]
+    assert sum(n for _, n, _ in second) == 3 and sum(rev for _, _, rev in second) == 1
+    assert all(start % 1000 == 0 for start, _, _ in second)
+
+
+@pytest.mark.parametrize("options", [("--INTERVAL", "999"), ("--INTERVAL", "hour"),
+                                     ("--INTERVAL",), ("--INTERVAL", "1000", "--INTERVAL", "2000"),
+                                     ("--BUCKET", "1000")])
+def test_stats_rejects_bad_intervals(r, api, options):
+    create_app(r, api)
+    record(r)
+    expect_error(r, "LLM.STATS", "app", *options)
 
 
 def test_stats_of_an_empty_app_and_of_missing_key(r, api):
@@ -444,6 +495,7 @@ def test_stats_models_sum_tokens_of_runs(r, api):
     (model,) = stats(r, "app")["models"]
     assert model[0] == b"gpt-3.5-turbo" and model[1] == 1
     assert model[3] == int(rec["prompt_tokens"]) and model[4] == 3
+    assert model[5:] == [0, b""]
 
 
 # ---- serving reviewed answers -------------------------------------------------
@@ -461,7 +513,7 @@ def test_review_at_95_serves_the_same_question_without_a_chat_request(r, api, ki
     n = chat_count(api)
     reply = r.execute_command("LLM.RUN", key, "--VERBOSE", "What is the capital of France?")
     assert reply[1] == b"Paris."
-    assert reply[-2:] == [b"served_from", b"review"]
+    assert reply[-4:] == [b"served_from", b"review", b"record", 2]
     assert chat_count(api) == n
     rec = result(r, key, 2)
     assert rec["state"] == b"done" and rec["answer"] == b"Paris." and rec["served_from"] == b"review"
