@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--answer", help="the reviewed answer (with --id)")
     review.add_argument("--score", help="the score, 0-100 (with --id)")
     review.add_argument("--notes", help="notes (with --id)")
+
+    web = commands.add_parser(
+        "web", parents=[connection], help="serve the review desk, a web application for experts",
+        description="Serve the review desk: experts sign in with a Redis ACL user and password, "
+                    "review answers, search results, read the dashboards and ask apps. Every "
+                    "command runs as the signed-in user.")
+    web.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    web.add_argument("--port", type=_at_least(0), default=8080, help="the port (default 8080; 0 picks one)")
+    web.add_argument("--cluster", action="store_true", help="--url is a node of a Redis Cluster")
+    web.add_argument("--session-minutes", type=_at_least(1), default=30,
+                     help="sign-ins expire after this many idle minutes (default 30)")
     return parser
 
 
@@ -125,6 +136,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.id is not None and (args.answer is None or args.score is None):
             parser.error("--id needs --answer and --score")
 
+    if args.command == "web" and args.port > 65535:
+        parser.error("--port must be at most 65535")
+    if args.command == "web":
+        from redis_llm import web
+        url = getattr(args, "url", None) or os.environ.get("REDIS_URL") or DEFAULT_URL
+        try:
+            web.serve(url, args.host, args.port, cluster=args.cluster,
+                      session_minutes=args.session_minutes)
+        except ValueError as exc:
+            print(f"redis-llm: bad --url: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"redis-llm: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         import redis
     except ImportError:
