@@ -1,5 +1,7 @@
 # redis-server 7.0 (Debian bookworm) with the redis-llm module loaded.
 #   docker build -t redis-llm . && docker run -p 6379:6379 -v redis-llm-data:/data redis-llm
+# The review desk runs from the same image:
+#   docker run -p 8080:8080 redis-llm /opt/redis-llm/bin/redis-llm web --host 0.0.0.0 --url redis://HOST:6379
 FROM debian:bookworm-slim
 
 RUN apt-get update \

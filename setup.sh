@@ -14,9 +14,12 @@ python=${PYTHON:-python3}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# System packages: Debian's redis-server 7.0, and what builds the C shim.
+# System packages: Debian's redis-server 7.0, what builds the C shim, and
+# chromium, the browser the review desk's tests drive (Playwright never
+# downloads one here).
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v chromium >/dev/null || missing+=(chromium)
 command -v "$python" >/dev/null || missing+=(python3)
 "$python" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 "$python" - <<'PY' 2>/dev/null || missing+=(python3-dev)

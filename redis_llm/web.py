@@ -218,6 +218,12 @@ def parse_vars(text: str) -> dict | None:
     return value
 
 
+def error_status(text: str) -> int:
+    """The HTTP status of a Redis error reply, by its code."""
+    code = text.split(" ", 1)[0]
+    return 403 if code == "NOPERM" else 409 if code == "WRONGTYPE" else 400
+
+
 # ---- presentation ---------------------------------------------------------------
 
 def when(ms: int | None) -> str:
@@ -315,7 +321,8 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
         def wrapper(*args, **kwargs):
             session, expired = sessions.get(flask.request.cookies.get(COOKIE))
             if session is None:
-                target = flask.url_for("login", next=flask.request.full_path, expired=expired or None)
+                target = flask.url_for("login", next=flask.request.full_path.rstrip("?"),
+                                       expired=1 if expired else None)
                 return flask.redirect(target)
             flask.g.session = session
             if flask.request.method == "POST" and not secrets.compare_digest(
@@ -352,11 +359,7 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
     @app.errorhandler(redis.ResponseError)
     def refused(exc):
         text = cli.error_text(exc)
-        code = text.split(" ", 1)[0]
-        status = 403 if code == "NOPERM" else 409 if code == "WRONGTYPE" else 400
-        if code == "NOPERM":
-            text = "NOPERM your Redis user may not do this: " + text.split(" ", 1)[-1]
-        return render("error.html", status, title="Redis refused", error=text)
+        return render("error.html", error_status(text), title="Redis refused", error=text)
 
     @app.errorhandler(redis.RedisError)
     def unreachable(exc):
@@ -455,13 +458,13 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
         except (FormError, redis.ResponseError) as exc:
             # Refused: the same form again, with what was typed and why.
             message = str(exc) if isinstance(exc, FormError) else cli.error_text(exc)
-            status = 403 if message.startswith("NOPERM") else 400
             record = client().result(key, rid)
             if record is None:
                 flask.abort(404, f"No result {rid} in app {key}.")
             template = "record.html" if back == "record" else "review.html"
             skipped = _skipped()
-            return render(template, status, app_key=key, record=record, skipped=skipped,
+            return render(template, error_status(message), app_key=key, record=record,
+                          skipped=skipped,
                           skip_next=",".join(skipped + [str(rid)]), error=message,
                           form={name: form.get(name, "") for name in ("answer", "score", "notes")})
         flash(f"Reviewed result {rid}: {fields['score']:g}, {band(fields['score'])}.", "ok")
@@ -576,7 +579,8 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
                     return render("ask.html", app_key=key, form=form, answer=details["answer"])
         except (FormError, redis.ResponseError, ValueError) as exc:
             message = cli.error_text(exc) if isinstance(exc, redis.ResponseError) else str(exc)
-            return render("ask.html", 400, app_key=key, form=form, error=message)
+            return render("ask.html", error_status(message), app_key=key, form=form,
+                          error=message)
         return flask.redirect(flask.url_for("record", app=key, id=rid))
 
     return app
