@@ -75,11 +75,6 @@ class Sessions:
         """Sign in: a new session token, once Redis accepted the user and
         password (redis.AuthenticationError otherwise)."""
         client = self._connect(user, password)
-        try:
-            client.redis.ping()
-        except BaseException:
-            client.redis.close()
-            raise
         token = secrets.token_urlsafe(32)
         with self._lock:
             self._sweep()
@@ -117,13 +112,25 @@ class Sessions:
 
 
 def connector(url: str, cluster: bool = False):
-    """A function (user, password) -> Client for the server at ``url``."""
+    """A function (user, password) -> Client for the server at ``url``,
+    once Redis has accepted the user and password (redis.AuthenticationError
+    otherwise)."""
     def connect(user: str, password: str) -> Client:
         options = dict(username=user or "default", password=password, socket_connect_timeout=5,
                        health_check_interval=30)
         if cluster:
+            # Connecting to a cluster signs in to its nodes already.
             return Client(redis.cluster.RedisCluster.from_url(url, **options))
-        return Client(redis.Redis.from_url(url, **options))
+        client = redis.Redis.from_url(url, **options)
+        # AUTH alone, on a connection of its own: the user may be allowed
+        # the LLM.* commands only, not even PING.
+        pool = client.connection_pool
+        probe = pool.connection_class(**pool.connection_kwargs)
+        try:
+            probe.connect()
+        finally:
+            probe.disconnect()
+        return Client(client)
     return connect
 
 

@@ -124,6 +124,21 @@ def test_every_command_runs_as_the_signed_in_user(r, alice):
     assert "alice" in users
 
 
+def test_a_user_allowed_only_the_desks_commands_can_sign_in_and_review(r, desk):
+    r.execute_command("ACL", "SETUSER", "dora", "reset", "on", ">dora-pw", "~a:*", "+llm.list",
+                      "+llm.stats", "+llm.results", "+llm.result", "+llm.review")
+    try:
+        record(r)
+        dora = sign_in(desk, "dora", "dora-pw")
+        assert 'data-app="a:ask"' in dora.get("/").data.decode()
+        response = dora.post("/review", data={"csrf": csrf(dora, "/review?app=a:ask"),
+                                              "app": "a:ask", "id": "1", "answer": "230 V",
+                                              "score": "90"})
+        assert response.status_code == 302 and result(r, "a:ask", 1)["reviewer"] == b"dora"
+    finally:
+        r.execute_command("ACL", "DELUSER", "dora")
+
+
 def test_after_sign_in_the_page_goes_where_the_visitor_was_going(desk):
     client = desk.test_client()
     response = client.post("/login", data={"user": "alice", "password": "alice-pw",
