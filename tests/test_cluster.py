@@ -12,6 +12,7 @@ master: it must stay last.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -374,6 +375,38 @@ def test_python_client_over_redis_cluster(cluster, rc, llm_api):
     record_id = llm.run(app, vars={"name": "Dan"}, async_=True)
     wait_done(rc, app, record_id)
     assert llm.result(app, record_id)["answer"] == "echo: Say hello to Dan"
+
+
+def test_the_review_desk_over_a_cluster_lists_reviews_and_charts_apps_of_every_master(
+        cluster, rc, llm_api):
+    from redis_llm import web
+    tags = tags_on_masters(cluster, "desk")
+    for node in cluster.nodes:      # ACL users are per node
+        with node.client() as client:
+            client.execute_command("ACL", "SETUSER", "expert", "reset", "on", ">expert-pw",
+                                   "~{desk-*", "+@all")
+    for tag in tags:
+        create_llm(rc, llm_api, tag)
+        rc.execute_command("LLM.CREATE-APP", key(tag, "app"), "--LLM", key(tag, "llm"))
+        rc.execute_command("LLM.RECORD", key(tag, "app"), "--QUESTION", f"question of {tag}",
+                           "--ANSWER", "an answer")
+    desk = web.create_app(f"redis://127.0.0.1:{cluster.masters()[0].port}", cluster=True)
+    browser = desk.test_client()
+    assert browser.post("/login", data={"user": "expert", "password": "expert-pw"}).status_code == 302
+    listed = re.findall(r'data-app="([^"]+)"', browser.get("/").data.decode())
+    assert listed == sorted(key(tag, "app") for tag in tags)     # one app per master
+    app = key(tags[2], "app")
+    html = browser.get("/review", query_string={"app": app}).data.decode()
+    assert f"question of {tags[2]}" in html
+    token = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+    response = browser.post("/review", data={"csrf": token, "app": app, "id": "1",
+                                             "answer": "reviewed", "score": "88"})
+    assert response.status_code == 302
+    assert as_dict(rc.execute_command("LLM.RESULT", app, 1))["reviewer"] == b"expert"
+    dashboard = browser.get("/dashboard", query_string={"app": app}).data.decode()
+    assert re.search(r'data-chart="bands".*?data-value="1"', dashboard, re.S)
+    export = browser.get("/export", query_string={"app": app, "format": "jsonl"}).data.decode()
+    assert json.loads(export)["reviewed_answer"] == "reviewed"
 
 
 # ---- failover: this kills a master, so it runs last --------------------------------
