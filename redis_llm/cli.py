@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--cluster", action="store_true", help="--url is a node of a Redis Cluster")
     web.add_argument("--session-minutes", type=_at_least(1), default=30,
                      help="sign-ins expire after this many idle minutes (default 30)")
+    web.add_argument("--behind-proxy", action="store_true",
+                     help="trust one reverse proxy's X-Forwarded-Proto/-For/-Host (it ends TLS)")
     return parser
 
 
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         url = getattr(args, "url", None) or os.environ.get("REDIS_URL") or DEFAULT_URL
         try:
             web.serve(url, args.host, args.port, cluster=args.cluster,
-                      session_minutes=args.session_minutes)
+                      session_minutes=args.session_minutes, behind_proxy=args.behind_proxy)
         except ValueError as exc:
             print(f"redis-llm: bad --url: {exc}", file=sys.stderr)
             return 1

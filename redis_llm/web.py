@@ -296,12 +296,17 @@ def dashboard_charts(stats: dict, interval: int) -> dict:
 # ---- the application ------------------------------------------------------------
 
 def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
-               connect=None) -> flask.Flask:
-    """The review desk for the Redis server (or cluster) at ``url``."""
+               behind_proxy: bool = False, connect=None) -> flask.Flask:
+    """The review desk for the Redis server (or cluster) at ``url``.
+    ``behind_proxy``: trust one reverse proxy's X-Forwarded-* headers (TLS
+    ends there, and the cookie is marked Secure)."""
     if connect is None:
         redis.connection.parse_url(url)     # a malformed URL: ValueError now, not at sign-in
         connect = connector(url, cluster)
     app = flask.Flask(__name__)
+    if behind_proxy:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
     app.config["MAX_CONTENT_LENGTH"] = 8 * 1024 * 1024
     sessions = Sessions(connect, session_minutes * 60)
     app.extensions["llm_sessions"] = sessions
@@ -594,11 +599,12 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
 
 
 def serve(url: str, host: str = "127.0.0.1", port: int = 8080, cluster: bool = False,
-          session_minutes: float = 30) -> None:
+          session_minutes: float = 30, behind_proxy: bool = False) -> None:
     """Serve the review desk (threads: a slow LLM.RUN holds only its own request)."""
     from werkzeug.serving import make_server
-    server = make_server(host, port, create_app(url, cluster=cluster,
-                                                session_minutes=session_minutes), threaded=True)
+    desk = create_app(url, cluster=cluster, session_minutes=session_minutes,
+                      behind_proxy=behind_proxy)
+    server = make_server(host, port, desk, threaded=True)
     print(f"redis-llm web: the review desk of {url} is on http://{host}:{server.port}/",
           flush=True)
     try:

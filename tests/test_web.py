@@ -116,6 +116,16 @@ def test_sign_in_sets_an_http_only_strict_cookie_holding_a_token_not_the_passwor
     assert "SameSite=Strict" in cookie and "alice-pw" not in cookie
 
 
+def test_behind_a_tls_proxy_the_cookie_is_secure_and_without_it_the_header_is_ignored(url,
+                                                                                     tenants):
+    login = {"user": "alice", "password": "alice-pw"}
+    https = {"X-Forwarded-Proto": "https"}
+    proxied = web.create_app(url, behind_proxy=True).test_client()
+    assert "Secure" in proxied.post("/login", data=login, headers=https).headers["Set-Cookie"]
+    direct = web.create_app(url).test_client()
+    assert "Secure" not in direct.post("/login", data=login, headers=https).headers["Set-Cookie"]
+
+
 def test_every_command_runs_as_the_signed_in_user(r, alice):
     alice.get("/")
     clients = r.execute_command("CLIENT", "LIST").decode()
