@@ -362,7 +362,13 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    # One place turns failures into pages: Redis' error replies keep their code.
+    # One place turns failures into pages (or JSON, for the script's
+    # requests); Redis' error replies keep their code.
+    def failure(status: int, title: str, text: str):
+        if flask.request.path.endswith(".json"):
+            return flask.jsonify(error=text), status
+        return render("error.html", status, title=title, error=text)
+
     @app.errorhandler(redis.AuthenticationError)
     def auth_lost(exc):
         sessions.close(flask.request.cookies.get(COOKIE))
@@ -371,18 +377,17 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
     @app.errorhandler(redis.ResponseError)
     def refused(exc):
         text = cli.error_text(exc)
-        return render("error.html", error_status(text), title="Redis refused", error=text)
+        return failure(error_status(text), "Redis refused", text)
 
     @app.errorhandler(redis.RedisError)
     def unreachable(exc):
-        return render("error.html", 503, title="Redis is unreachable",
-                      error=f"Cannot talk to Redis at {url}: {exc}")
+        return failure(503, "Redis is unreachable", f"Cannot talk to Redis at {url}: {exc}")
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
         if flask.request.path.startswith("/static/"):
             return exc
-        return render("error.html", exc.code or 500, title=exc.name, error=exc.description)
+        return failure(exc.code or 500, exc.name, exc.description)
 
     # ---- sign-in ----
     @app.route("/login", methods=["GET", "POST"])
@@ -506,9 +511,7 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
         return render("results.html", app_key=key, query=query, rows=rows[:PAGE_SIZE], page=page,
                       more=more, pager=pager)
 
-    @app.get("/record")
-    @signed_in
-    def record():
+    def requested_record() -> tuple[str, dict]:
         key = app_arg()
         try:
             rid = parse_id(flask.request.args.get("id"))
@@ -517,6 +520,12 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
         found = client().result(key, rid)
         if found is None:
             flask.abort(404, f"No result {rid} in app {key}.")
+        return key, found
+
+    @app.get("/record")
+    @signed_in
+    def record():
+        key, found = requested_record()
         form = {"answer": found["reviewed_answer"] or found["answer"] or "",
                 "score": "" if found["reviewed_score"] is None else f"{found['reviewed_score']:g}",
                 "notes": found["reviewed_notes"] or ""}
@@ -526,15 +535,7 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
     @app.get("/record.json")
     @signed_in
     def record_json():
-        key = app_arg()
-        try:
-            rid = parse_id(flask.request.args.get("id"))
-        except FormError as exc:
-            return flask.jsonify(error=str(exc)), 400
-        found = client().result(key, rid)
-        if found is None:
-            return flask.jsonify(error=f"No result {rid} in app {key}."), 404
-        return flask.jsonify(found)
+        return flask.jsonify(requested_record()[1])
 
     # ---- dashboard and export ----
     @app.get("/dashboard")
