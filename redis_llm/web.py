@@ -296,20 +296,17 @@ def dashboard_charts(stats: dict, interval: int) -> dict:
 # ---- the application ------------------------------------------------------------
 
 def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
-               behind_proxy: bool = False, connect=None) -> flask.Flask:
+               behind_proxy: bool = False) -> flask.Flask:
     """The review desk for the Redis server (or cluster) at ``url``.
     ``behind_proxy``: trust one reverse proxy's X-Forwarded-* headers (TLS
     ends there, and the cookie is marked Secure)."""
-    if connect is None:
-        redis.connection.parse_url(url)     # a malformed URL: ValueError now, not at sign-in
-        connect = connector(url, cluster)
+    redis.connection.parse_url(url)     # a malformed URL: ValueError now, not at sign-in
     app = flask.Flask(__name__)
     if behind_proxy:
         from werkzeug.middleware.proxy_fix import ProxyFix
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
     app.config["MAX_CONTENT_LENGTH"] = 8 * 1024 * 1024
-    sessions = Sessions(connect, session_minutes * 60)
-    app.extensions["llm_sessions"] = sessions
+    sessions = Sessions(connector(url, cluster), session_minutes * 60)
     app.jinja_env.filters.update(when=when, band=band_name, band_class=band_class)
     app.jinja_env.globals.update(BANDS=BANDS, STATES=STATES, INTERVALS=INTERVALS)
 
