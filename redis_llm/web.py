@@ -287,9 +287,11 @@ def dashboard_charts(stats: dict, interval: int) -> dict:
                              per_model(lambda m: m["mean_score"]), top=100),
         "latency": charts.bars("model-latency", "Mean latency per model",
                                per_model(lambda m: m["mean_latency_ms"]), unit=" ms"),
+        # LLM.RECORD carries no token counts: a model without any has no data.
         "tokens": charts.bars("model-tokens", "Mean tokens per result, per model",
                               per_model(lambda m: (m["prompt_tokens"] + m["completion_tokens"])
-                                        / m["results"] if m["results"] else None)),
+                                        / m["results"]
+                                        if m["prompt_tokens"] + m["completion_tokens"] else None)),
     }
 
 
