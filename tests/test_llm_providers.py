@@ -372,7 +372,7 @@ def test_verbose_run_reports_the_model_and_the_token_counts(r, api):
     reply = run(r, "--VERBOSE", "one two")
     assert reply == [b"answer", b"three word answer", b"prompt", b"one two", b"items", [],
                      b"model", b"gpt-test", b"prompt_tokens", 2, b"completion_tokens", 3,
-                     b"served_from", b"llm"]
+                     b"served_from", b"llm", b"record", 1]
 
 
 # ---- 3. Azure OpenAI -------------------------------------------------------------

@@ -45,7 +45,7 @@ def expect_error(r, *args, match: str) -> str:
 
 def verbose(reply: list) -> dict:
     assert reply[0::2] == [b"answer", b"prompt", b"items", b"model", b"prompt_tokens",
-                           b"completion_tokens", b"served_from"], reply
+                           b"completion_tokens", b"served_from", b"record"], reply
     return dict(zip((n.decode() for n in reply[0::2]), reply[1::2]))
 
 
