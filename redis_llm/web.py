@@ -392,8 +392,8 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
     @app.route("/login", methods=["GET", "POST"])
     def login():
         target = flask.request.values.get("next") or flask.url_for("apps")
-        if not target.startswith("/") or target.startswith("//"):
-            target = flask.url_for("apps")     # no redirects off this site
+        if not target.startswith("/") or target.startswith("//") or "\\" in target:
+            target = flask.url_for("apps")     # no redirects off this site ("/\\x" is "//x")
         error = "Your session expired; sign in again." if flask.request.args.get("expired") else None
         user = ""
         if flask.request.method == "POST":

@@ -156,7 +156,8 @@ def test_after_sign_in_the_page_goes_where_the_visitor_was_going(desk):
     assert response.headers["Location"] == "/results?app=a:ask"
 
 
-@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/x", "javascript:x"])
+@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/x", "javascript:x",
+                                    "/\\evil.example/x", "\\\\evil.example"])
 def test_sign_in_never_redirects_off_the_site(desk, target):
     response = desk.test_client().post("/login", data={"user": "alice", "password": "alice-pw",
                                                        "next": target})
