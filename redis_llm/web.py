@@ -42,6 +42,7 @@ MAX_TEXT = 1024              # LLM.RESULTS --TEXT
 COOKIE = "llm_desk"
 INTERVALS = {"minute": 60_000, "hour": 3_600_000, "day": 86_400_000, "week": 604_800_000}
 MAX_COLUMNS = 400            # the most intervals an over-time chart draws
+FAILED_SIGN_INS = 5          # per address and minute; then 429 until the minute has passed
 
 
 class FormError(ValueError):
@@ -109,6 +110,33 @@ class Sessions:
         session = self._by_token.pop(token, None) if token else None
         if session is not None:
             session.client.redis.close()
+
+
+class Throttle:
+    """Failed sign-ins per client address, over the last minute: a password
+    is not guessed at HTTP speed."""
+
+    def __init__(self, most: int = FAILED_SIGN_INS, seconds: float = 60):
+        self.most, self.seconds = most, seconds
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, address: str) -> list[float]:
+        since = time.monotonic() - self.seconds
+        kept = [t for t in self._failures.get(address, []) if t > since]
+        if kept:
+            self._failures[address] = kept
+        else:
+            self._failures.pop(address, None)
+        return kept
+
+    def blocked(self, address: str) -> bool:
+        with self._lock:
+            return len(self._recent(address)) >= self.most
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            self._failures[address] = self._recent(address) + [time.monotonic()]
 
 
 def connector(url: str, cluster: bool = False):
@@ -309,6 +337,7 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
     app.config["MAX_CONTENT_LENGTH"] = 8 * 1024 * 1024
     sessions = Sessions(connector(url, cluster), session_minutes * 60)
+    throttle = Throttle()
     app.jinja_env.filters.update(when=when, band=band_name, band_class=band_class)
     app.jinja_env.globals.update(BANDS=BANDS, STATES=STATES, INTERVALS=INTERVALS)
 
@@ -399,9 +428,14 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
         if flask.request.method == "POST":
             user = flask.request.form.get("user", "").strip()
             password = flask.request.form.get("password", "")
+            address = flask.request.remote_addr or ""
+            if throttle.blocked(address):
+                return render("login.html", 429, error="Too many failed sign-ins from this "
+                              "address; wait a minute.", user=user, next=target)
             try:
                 token = sessions.open(user, password)
             except redis.AuthenticationError:
+                throttle.failed(address)
                 return render("login.html", 401, error="Wrong user name or password.", user=user,
                               next=target)
             except redis.ResponseError as exc:

@@ -104,6 +104,26 @@ def test_a_wrong_password_gets_a_clear_message_and_no_session(desk):
     assert client.get("/").status_code == 302
 
 
+def test_five_failed_sign_ins_in_a_minute_hold_off_even_the_right_password(desk):
+    client = desk.test_client()
+    for _ in range(web.FAILED_SIGN_INS):
+        assert client.post("/login", data={"user": "alice", "password": "guess"}).status_code == 401
+    response = client.post("/login", data={"user": "alice", "password": "alice-pw"})
+    assert response.status_code == 429 and "Too many failed sign-ins" in response.data.decode()
+    other = desk.test_client()
+    other.environ_base["REMOTE_ADDR"] = "10.0.0.2"
+    assert other.post("/login", data={"user": "alice", "password": "alice-pw"}).status_code == 302
+
+
+def test_the_throttle_forgets_failures_after_its_window():
+    throttle = web.Throttle(most=2, seconds=0.2)
+    throttle.failed("a")
+    throttle.failed("a")
+    assert throttle.blocked("a") and not throttle.blocked("b")
+    time.sleep(0.25)
+    assert not throttle.blocked("a")
+
+
 def test_an_unknown_user_gets_the_same_message(desk):
     response = desk.test_client().post("/login", data={"user": "mallory", "password": "x"})
     assert response.status_code == 401 and "Wrong user name or password." in response.data.decode()
