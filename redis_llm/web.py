@@ -593,7 +593,8 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
         out = io.StringIO()
         # The same writer as `redis-llm export`, so the files are the same.
         cli.export(client().redis, key, reviewed=reviewed, fmt=fmt, stdout=out)
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+        # An ASCII file name: header values are Latin-1.
+        name = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in key)
         suffix = "-reviewed" if reviewed else ""
         return flask.Response(out.getvalue(), mimetype="text/csv" if fmt == "csv"
                               else "application/jsonl", headers={

@@ -547,6 +547,19 @@ def test_export_links_give_the_files_redis_llm_export_writes(r, alice, url, fmt,
     assert len(lines) == (1 if reviewed else 2)
 
 
+def test_an_app_key_beyond_ascii_works_on_every_page_and_exports_to_an_ascii_file_name(r, alice):
+    r.execute_command("LLM.CREATE-APP", "a:café/☕", "--LLM", "a:llm")
+    record(r, "a:café/☕", "Wie heiß?", "92 °C")
+    assert 'data-app="a:café/☕"' in alice.get("/").data.decode()
+    for path, shown in (("/review", "Wie heiß?"), ("/results", "Wie heiß?"),
+                        ("/record", "Wie heiß?"), ("/dashboard", 'id="sum-records">1<')):
+        response = alice.get(path, query_string={"app": "a:café/☕", "id": "1"})
+        assert response.status_code == 200 and shown in response.data.decode(), path
+    response = alice.get("/export", query_string={"app": "a:café/☕", "format": "csv"})
+    assert 'filename="a_caf___.csv"' in response.headers["Content-Disposition"]
+    assert "92 °C" in response.data.decode()
+
+
 def test_a_bad_export_format_is_a_400(alice):
     assert alice.get("/export?app=a:ask&format=xml").status_code == 400
 
