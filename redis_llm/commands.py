@@ -790,6 +790,8 @@ def _search_text(arg: bytes) -> bytes:
     if not arg or len(arg) > _MAX_PATTERN:
         raise ValueError(f"must be 1 to {_MAX_PATTERN} bytes, got {len(arg)}")
     return arg
+
+
 _KIND_OF = {LLMModel: "llm", VectorStore: "vector-store"}  # an app's is its kind
 KINDS = ("llm", "vector-store", "app", "search", "chat")
 

@@ -598,6 +598,8 @@ def test_ask_a_simple_app_with_variables(r, alice, api):
                                                      "mode": "sync"})
     assert response.status_code == 302
     assert result(r, "a:hello", 1)["question"] == b"Say hello to Ada"
+    html = alice.get(response.headers["Location"]).data.decode()
+    assert 'id="record-vars">{"name": "Ada"}<' in html
 
 
 def test_ask_an_app_without_records_shows_the_answer_on_the_page(r, alice, api):
