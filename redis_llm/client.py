@@ -272,7 +272,7 @@ class Client:
         _flags(args, withdata=withdata)
         _option(args, "--TIMEOUT", _integer(timeout, "timeout"))
         if query is not None:
-            args.append(_trailing_text(query, "query"))
+            _trailing(args, query)
         reply = self._call(*args)
         if reply is None:
             return None
@@ -380,7 +380,7 @@ class Client:
         _flags(args, **{"async": async_})
         _option(args, "--TAGS", _tags(tags))
         if input is not None:
-            args.append(_trailing_text(input, "input"))
+            _trailing(args, input)
         reply = self._call(*args)
         if reply is None:
             return None
@@ -648,11 +648,11 @@ def _tags(tags: Sequence[str] | str | None) -> str | None:
     return ",".join(tags)
 
 
-def _trailing_text(value: DataT, name: str) -> DataT:
-    # The server reads a last argument starting with "--" as an option.
+def _trailing(args: list, value: DataT) -> None:
+    # "--" ends the options, so an input that looks like one is still the input.
     if (value.encode() if isinstance(value, str) else bytes(value)).startswith(b"--"):
-        raise ValueError(f"the {name} cannot start with '--' (it would be read as an option)")
-    return value
+        args.append("--")
+    args.append(value)
 
 
 # ---- replies --------------------------------------------------------------------

@@ -138,6 +138,8 @@ class Command:
                                 for name in group)
                 docs.append(("-or-".join(n.lstrip("-").lower() for n in group), _ARG_ONEOF, -1,
                              None, None, _ARG_OPTIONAL, members))
+        if syntax.trailing == "optional":
+            docs.append(("end-of-options", _ARG_PURE_TOKEN, -1, "--", None, _ARG_OPTIONAL, ()))
         if syntax.trailing:
             docs.append((syntax.trailing_name, _ARG_STRING, -1, None, None,
                          _ARG_OPTIONAL if syntax.trailing == "optional" else 0, ()))

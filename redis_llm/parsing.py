@@ -58,8 +58,8 @@ class Syntax:
 
     ``positional``: (name, converter) pairs that come first, in order.
     ``trailing``: None, ``"optional"`` (a last argument that is not an option,
-    e.g. a query) or ``"required"`` (the last argument, always, e.g. data: so
-    data may look like an option).
+    e.g. a query; after ``--`` it may look like one) or ``"required"`` (the
+    last argument, always, e.g. data: so data may look like an option).
     ``exclusive``: groups of options that cannot be combined.
     ``trailing_convert``: a converter for the trailing argument (e.g. a size limit).
     """
@@ -110,6 +110,14 @@ class Syntax:
             if option is None:
                 if self.trailing == "optional" and i == end - 1 and not word.startswith(b"--"):
                     trailing = word
+                    break
+                if self.trailing == "optional" and word == b"--":
+                    # The end of the options: the one argument after it is
+                    # the input, whatever it looks like.
+                    if i != end - 2:
+                        raise LLMError(f"'--' must be followed by exactly one argument, "
+                                       f"the {self.trailing_name}")
+                    trailing = args[end - 1]
                     break
                 if word.startswith(b"--"):
                     raise LLMError(f"unknown option {shown(word)}")

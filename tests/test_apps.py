@@ -1095,11 +1095,22 @@ def test_history_of_a_non_chat_key_is_an_error(r, llm, store):
     (("--TIMEOUT", "soon", "hi"), r"^ERR --TIMEOUT must be an integer"),
     (("--TIMEOUT",), r"^ERR option --TIMEOUT needs a value$"),
     (("hello", "world"), r"^ERR syntax error at 'hello'$"),
+    (("--",), r"^ERR '--' must be followed by exactly one argument, the input$"),
+    (("--", "a", "b"), r"^ERR '--' must be followed by exactly one argument, the input$"),
+    (("--VERBOSE", "--", "a", "--VERBOSE"), r"^ERR '--' must be followed by exactly one"),
 ])
 def test_bad_run_options_are_refused_without_a_request(r, api, llm, args, match):
     r.execute_command(CREATE_APP, "a", "--LLM", llm)
     expect_error(r, RUN, "a", *args, match=match)
     assert api.requests == []
+
+
+@pytest.mark.parametrize("text", ["--VERBOSE", "--", "--no such option", "-- and more"])
+def test_after_double_dash_the_input_may_look_like_an_option(r, api, llm, text):
+    r.execute_command(CREATE_APP, "a", "--LLM", llm)
+    assert r.execute_command(RUN, "a", "--", text) == b"echo: " + text.encode()
+    reply = r.execute_command(RUN, "a", "--VERBOSE", "--", text)
+    assert reply[:2] == [b"answer", b"echo: " + text.encode()]
 
 
 def test_run_on_a_missing_app_is_an_error(r, api):

@@ -278,8 +278,6 @@ def test_a_bad_embedding_is_a_value_error_and_nothing_is_sent(recorded, embeddin
     (lambda c: c.run("app", tags=["a,b"]), ValueError, "without commas"),
     (lambda c: c.record("app", question="q", answer="a", tags=["ok", ""]), ValueError,
      "non-empty"),
-    (lambda c: c.run("app", "--VERBOSE"), ValueError, "cannot start with '--'"),
-    (lambda c: c.knn("docs", query=b"--K"), ValueError, "cannot start with '--'"),
     (lambda c: c.knn("docs", [1], k="5"), TypeError, "k must be an integer"),
     (lambda c: c.get("docs", True), TypeError, "id must be an integer, got a bool"),
     (lambda c: c.add("docs", "x", [1], timeout=1.5), TypeError, "timeout must be an integer"),
@@ -350,6 +348,15 @@ def test_run_returns_the_answer_and_sends_vars_and_params(client, api):
     assert client.run("hello", vars='{"name": "Bob"}') == "echo: Say hello to Bob"
     assert client.create_app("hello", llm="llm", nx=True) is False
     assert client.create_app("other", llm="llm", xx=True) is False
+
+
+def test_an_input_or_query_that_looks_like_an_option_is_sent_after_double_dash(client, api):
+    with_app(client, api)
+    assert client.run("app", "--VERBOSE") == "echo: Answer: --VERBOSE"
+    assert client.run("app", "--") == "echo: Answer: --"
+    client.create_vector_store("docs", llm="llm")
+    client.add("docs", "--K is an option")
+    assert client.knn("docs", query="--K is an option", k=1)[0][0] == 1
 
 
 def test_run_verbose_returns_run_details(client, api):

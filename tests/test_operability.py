@@ -199,6 +199,8 @@ def test_command_docs_arguments_follow_the_syntax(server):
     assert [a["token"] for a in nx_xx["arguments"]] == ["--NX", "--XX"]
     run = {arg["name"]: arg for arg in command_docs(server, "llm.run")["arguments"]}
     assert run["input"]["flags"] == ["optional"] and run["verbose"]["type"] == "pure-token"
+    names = [arg["name"] for arg in command_docs(server, "llm.run")["arguments"]]
+    assert names[-2:] == ["end-of-options", "input"] and run["end-of-options"]["token"] == "--"
     review = {arg["name"]: arg for arg in command_docs(server, "llm.review")["arguments"]}
     assert review["score"]["type"] == "double" and review["id"]["type"] == "integer"
 
