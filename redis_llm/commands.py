@@ -42,7 +42,7 @@ from redis_llm.parsing import (
     uint64,
     vars_object,
 )
-from redis_llm.records import STATES, check_record, decode_vector, now_ms
+from redis_llm.records import STATES, check_record, decode_vector, now_ms, source_text
 from redis_llm.records import reply as record_reply
 from redis_llm.providers import TYPES as LLM_TYPES
 from redis_llm.providers import Completion
@@ -426,7 +426,7 @@ def _recorded(app: App, args: Args, record: dict | None, job):
                      "source": (m or {}).get("source"), "page": (m or {}).get("page"),
                      "content": _text(data)}
                     for item_id, distance, data, m in outcome.items]
-                changes["match_source"] = meta.get("source")
+                changes["match_source"] = source_text(meta.get("source"))
                 changes["match_page"] = meta.get("page")
             locked(lambda ctx: _update_record(ctx, args.key, app, record, outcome.vector, **changes))
         return _answer(outcome, args, record)

@@ -225,8 +225,20 @@ class Records:
         return records
 
 
+def source_text(source) -> str | None:
+    """A best match's ``source`` as a record keeps it: text. An item's meta
+    may hold any JSON value there; a number or an object is kept as its JSON."""
+    if source is None or isinstance(source, str):
+        return source
+    return json.dumps(source, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
 def check_record(record) -> dict:
-    """A record read back from RDB, RESTORE or LLM.RESULT-SET: right fields, right types."""
+    """A record read back from RDB, RESTORE or LLM.RESULT-SET: right fields,
+    right types. A non-text ``match_source``, which earlier versions stored
+    as it was in the item's meta, becomes text, so their RDB files load."""
+    if isinstance(record, dict) and "match_source" in record:
+        record["match_source"] = source_text(record["match_source"])
     if not isinstance(record, dict) or not set(record) <= set(FIELDS) or \
             not _count(record.get("id")) or record["id"] < 1 or \
             record.get("state") not in STATES or not _count(record.get("created_at")):
@@ -256,12 +268,13 @@ def reply(record: dict) -> list[bytes]:
         value = record.get(name)
         if value is None:
             text = b""
-        elif name in _JSON_FIELDS:
-            # Sorted keys: the same bytes before and after a reload.
-            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False,
-                              sort_keys=True).encode()
         elif name == "tags":
             text = ",".join(value).encode()
+        elif name in _JSON_FIELDS or isinstance(value, (dict, list, bool)):
+            # match_page may be any JSON value of the item's meta. Sorted
+            # keys: the same bytes before and after a reload.
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                              sort_keys=True).encode()
         elif isinstance(value, float):
             text = _number(value)
         else:

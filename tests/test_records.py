@@ -629,6 +629,35 @@ def test_create_with_bad_record_limit_is_an_error(r, api, limit):
     assert r.exists("app") == 0
 
 
+# ---- a best match whose meta is not text -------------------------------------
+
+def test_a_best_match_whose_source_and_page_are_not_text_is_kept_as_json_through_reload(
+        r, api):
+    """An item's meta may hold any JSON: its source once made the record
+    unloadable, and with it the whole RDB file."""
+    create_llm(r, api)
+    r.execute_command("LLM.CREATE-VECTOR-STORE", "docs", "--LLM", "llm")
+    r.execute_command("LLM.ADD", "docs", "--META",
+                      json.dumps({"source": 5, "page": {"n": [1, 2]}}), "Paris is in France.")
+    r.execute_command("LLM.CREATE-SEARCH", "search", "--LLM", "llm", "--VECTOR-STORE", "docs")
+    r.execute_command("LLM.RUN", "search", "Where is Paris?")
+    before = result(r, "search", 1)
+    assert before["match_source"] == b"5" and before["match_page"] == b'{"n":[1,2]}'
+    assert json.loads(before["matches"])[0]["source"] == 5
+    assert r.execute_command("DEBUG", "RELOAD") == b"OK"
+    assert result(r, "search", 1) == before
+
+
+def test_a_record_with_a_numeric_match_source_as_older_versions_wrote_is_accepted_as_text(r, api):
+    create_app(r, api)
+    rec = {"id": 3, "app": "app", "state": "done", "created_at": 1000, "updated_at": 1000,
+           "match_source": 42, "match_page": 7}
+    assert r.execute_command("LLM.RESULT-SET", "app", json.dumps(rec)) == 1
+    assert r.execute_command("DEBUG", "RELOAD") == b"OK"
+    got = result(r, "app", 3)
+    assert got["match_source"] == b"42" and got["match_page"] == b"7"
+
+
 # ---- LLM.RESULT-SET -----------------------------------------------------------
 
 def test_result_set_stores_a_whole_record(r, api):
