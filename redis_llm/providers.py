@@ -68,6 +68,12 @@ class Completion:
     completion_tokens: int = 0
 
 
+def _tokens(count) -> int:
+    """A token count a server reported: records keep counts of 0 or more (a
+    negative one would make the record, and the RDB file, unloadable)."""
+    return max(0, int(count or 0))
+
+
 class LLMModel:
     """The value of an LLM key: a provider type and its params (validated,
     defaults filled in)."""
@@ -309,8 +315,8 @@ class OpenAIProvider:
                 if not isinstance(text, str):
                     raise TypeError
                 completion = Completion(text, str(data.get("model") or body.get("model") or ""),
-                                        int(usage.get("prompt_tokens") or 0),
-                                        int(usage.get("completion_tokens") or 0))
+                                        _tokens(usage.get("prompt_tokens")),
+                                        _tokens(usage.get("completion_tokens")))
             except (KeyError, IndexError, TypeError, ValueError, AttributeError):
                 raise LLMError(f"{self.name()}: malformed chat completion response") from None
             call.tokens(completion.prompt_tokens, completion.completion_tokens)
@@ -493,8 +499,8 @@ class LlamaCppProvider:
                     raise LLMError(f"llamacpp: {exc}") from None
             usage = out.get("usage") or {}
             completion = Completion(out["choices"][0]["message"]["content"] or "", self.chat_model,
-                                    int(usage.get("prompt_tokens") or 0),
-                                    int(usage.get("completion_tokens") or 0))
+                                    _tokens(usage.get("prompt_tokens")),
+                                    _tokens(usage.get("completion_tokens")))
             call.tokens(completion.prompt_tokens, completion.completion_tokens)
             return completion
 

@@ -235,10 +235,16 @@ def source_text(source) -> str | None:
 
 def check_record(record) -> dict:
     """A record read back from RDB, RESTORE or LLM.RESULT-SET: right fields,
-    right types. A non-text ``match_source``, which earlier versions stored
-    as it was in the item's meta, becomes text, so their RDB files load."""
+    right types. A non-text ``match_source`` or a negative token count,
+    which earlier versions stored as they came, become text and 0, so their
+    RDB files load."""
     if isinstance(record, dict) and "match_source" in record:
         record["match_source"] = source_text(record["match_source"])
+    for name in ("prompt_tokens", "completion_tokens"):
+        # Earlier versions kept a server's negative token count as it was.
+        value = record.get(name) if isinstance(record, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            record[name] = 0
     if not isinstance(record, dict) or not set(record) <= set(FIELDS) or \
             not _count(record.get("id")) or record["id"] < 1 or \
             record.get("state") not in STATES or not _count(record.get("created_at")):

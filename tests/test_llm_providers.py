@@ -634,6 +634,21 @@ def test_a_malformed_chat_response_is_an_error(r, api, body):
     assert run(r, "fine") == b"echo: fine"
 
 
+def test_odd_usage_and_model_in_a_response_are_recorded_so_the_rdb_still_loads(r, api):
+    """A server's usage and model are its word: a negative token count or a
+    numeric model name once made the record, and the whole RDB, unloadable."""
+    make_app(r, openai_params(api))
+    api.malformed(body=b'{"model": 7, "choices": [{"message": {"content": "hi there"}}], '
+                       b'"usage": {"prompt_tokens": -5, "completion_tokens": "3"}}')
+    assert run(r, "hello") == b"hi there"
+    record = r.execute_command("LLM.RESULT", "a", 1)
+    fields = dict(zip(record[0::2], record[1::2]))
+    assert (fields[b"model"], fields[b"prompt_tokens"], fields[b"completion_tokens"]) == \
+        (b"7", b"0", b"3")
+    assert r.execute_command("DEBUG", "RELOAD") == b"OK"
+    assert r.execute_command("LLM.RESULT", "a", 1) == record
+
+
 @pytest.mark.parametrize("body", [b'{"data": []}', b'{"data": [{"index": 0, "embedding": []}]}',
                                   b'{"data": [{"index": 0, "embedding": ["x"]}]}', b"nope"])
 def test_a_malformed_embedding_response_is_an_error_and_adds_nothing(r, api, body):

@@ -648,14 +648,15 @@ def test_a_best_match_whose_source_and_page_are_not_text_is_kept_as_json_through
     assert result(r, "search", 1) == before
 
 
-def test_a_record_with_a_numeric_match_source_as_older_versions_wrote_is_accepted_as_text(r, api):
+def test_a_numeric_match_source_or_negative_tokens_as_older_versions_wrote_are_accepted(r, api):
     create_app(r, api)
     rec = {"id": 3, "app": "app", "state": "done", "created_at": 1000, "updated_at": 1000,
-           "match_source": 42, "match_page": 7}
+           "match_source": 42, "match_page": 7, "prompt_tokens": -5}
     assert r.execute_command("LLM.RESULT-SET", "app", json.dumps(rec)) == 1
     assert r.execute_command("DEBUG", "RELOAD") == b"OK"
     got = result(r, "app", 3)
     assert got["match_source"] == b"42" and got["match_page"] == b"7"
+    assert got["prompt_tokens"] == b"0"
 
 
 # ---- LLM.RESULT-SET -----------------------------------------------------------
