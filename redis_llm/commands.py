@@ -434,7 +434,9 @@ def _recorded(app: App, args: Args, record: dict | None, job):
 
 
 def _save_record(ctx: int, key: bytes, app: App, record: dict, vector=None) -> None:
-    app.records.put(record, vector)
+    # What RDB loading, RESTORE and replicas will check, checked here first: a
+    # record they would refuse must never be stored.
+    app.records.put(check_record(record), vector)
     keys.replicate(ctx, b"LLM.RESULT-SET", result_set_command(key, record, vector)[1:])
     keys.notify(ctx, b"llm.result", key)
 
