@@ -51,7 +51,7 @@ from redis_llm.store import StoreParams, VectorStore
 
 # Context flags: a command replayed from the AOF or sent by a master; where
 # a client cannot be blocked (Lua, MULTI, deny-blocking).
-_CTX_REPLICATED, _CTX_LOADING = 1 << 12, 1 << 13
+_CTX_MASTER, _CTX_REPLICATED, _CTX_LOADING = 1 << 2, 1 << 12, 1 << 13
 _CTX_NO_BLOCKING = (1 << 0) | (1 << 1) | (1 << 21)
 
 # Key-spec flags of the module API (RedisModule_SetCommandInfo).
@@ -378,12 +378,14 @@ def run(ctx: int, args: Args):
     record = None
     # Nothing is recorded for a run the pool would refuse.
     pool.workers.check(ctx, blocking=not getattr(args, "async"))
+    _fail_orphans(ctx, args.key, app)
     if app.records.limit:
         record = app.records.new(
             args.key, question=text or "", vars=args.vars, model=provider.chat_model,
             embed_model=embed_model,
             session=None if args.session is None else args.session.decode("latin-1"),
             tags=args.tags or [])
+        app.records.running.add(record["id"])
         _save_record(ctx, args.key, app, record)
         metrics.records.add(created=1)
     job = _recorded(app, args, record, job)
@@ -397,6 +399,13 @@ def run(ctx: int, args: Args):
 def _recorded(app: App, args: Args, record: dict | None, job):
     """Wrap a run's job: its record goes running, then done or failed."""
     def recorded(locked):
+        try:
+            return run_recorded(locked)
+        finally:
+            if record is not None:
+                app.records.running.discard(record["id"])
+
+    def run_recorded(locked):
         started = time.monotonic()
         if record is not None:
             locked(lambda ctx: _update_record(ctx, args.key, app, record, state="running"))
@@ -431,6 +440,20 @@ def _recorded(app: App, args: Args, record: dict | None, job):
             locked(lambda ctx: _update_record(ctx, args.key, app, record, outcome.vector, **changes))
         return _answer(outcome, args, record)
     return recorded
+
+
+_INTERRUPTED = ("interrupted: the run was lost when the server restarted, failed over or "
+                "reloaded the app while it ran")
+
+
+def _fail_orphans(ctx: int, key: bytes, app: App) -> None:
+    """Mark failed the records whose run was lost (see Records.orphans), on a
+    master's write to the app; a replica or a replay takes the master's word."""
+    if _trusted(ctx) or not keys.context_flags(ctx) & _CTX_MASTER:
+        return
+    for record in app.records.orphans():
+        _save_record(ctx, key, app, {**record, "state": "failed", "error": _INTERRUPTED,
+                                     "updated_at": now_ms()})
 
 
 def _save_record(ctx: int, key: bytes, app: App, record: dict, vector=None) -> None:
@@ -657,6 +680,7 @@ def review(ctx: int, args: Args):
         raise LLMError(f"no result {args.id} in app {shown(args.key)}")
     if record["state"] != "done":
         raise LLMError(f"result {args.id} is {record['state']}; only done results can be reviewed")
+    _fail_orphans(ctx, args.key, app)
     changes = {"reviewed_answer": _text(args.answer), "reviewed_score": args.score,
                "reviewed_notes": None if args.notes is None else _text(args.notes),
                "reviewer": keys.current_user(ctx).decode("utf-8", "replace")}
@@ -690,6 +714,7 @@ def record_result(ctx: int, args: Args):
     app = _app(ctx, args.key)
     if not app.records.limit:
         raise LLMError(f"the app at key {shown(args.key)} keeps no records (--RECORD 0)")
+    _fail_orphans(ctx, args.key, app)
     record = app.records.new(
         args.key, state="done", question=_text(args.question), answer=_text(args.answer),
         model=_opt_text(args.model), latency_ms=args.latency, tags=args.tags or [],

@@ -73,6 +73,11 @@ class Records:
         # The reviewed records, by id: what runs match questions against,
         # without scanning every record under Redis' lock.
         self._reviewed: dict[int, dict] = {}
+        # Pending or running records, and those of them whose run is a job
+        # of this process (never saved: after a restart, a failover or a
+        # reload, no run is).
+        self._unfinished: set[int] = set()
+        self.running: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -97,6 +102,11 @@ class Records:
             self._reviewed[rid] = record
         else:
             self._reviewed.pop(rid, None)
+        if record["state"] in ("pending", "running"):
+            self._unfinished.add(rid)
+        else:
+            self._unfinished.discard(rid)
+            self.running.discard(rid)
         self.next_id = max(self.next_id, rid + 1)
         if vector is not None:
             self.vectors[rid] = vector
@@ -105,6 +115,12 @@ class Records:
             del self.items[oldest]
             self.vectors.pop(oldest, None)
             self._reviewed.pop(oldest, None)
+            self._unfinished.discard(oldest)
+
+    def orphans(self) -> list[dict]:
+        """Pending or running records whose run no job of this process does:
+        it was lost with a restart, a failover or a reload."""
+        return [self.items[rid] for rid in sorted(self._unfinished - self.running)]
 
     def get(self, rid: int) -> dict | None:
         return self.items.get(rid)

@@ -735,6 +735,77 @@ def test_records_survive_debug_reload_with_their_vectors(r, api):
     assert record(r, "search") == 5
 
 
+# ---- runs lost with a restart, a failover or a reload ----------------------------
+
+def wait_state(r, key, rid, state, timeout=10.0):
+    return wait_for(lambda: result(r, key, rid)["state"] == state, timeout,
+                    f"result {rid} to be {state}", 0.02)
+
+
+def test_a_run_lost_in_a_restart_is_marked_failed_at_the_next_write(make_server, api):
+    srv = make_server(config={"appendonly": "yes"})
+    c = srv.client()
+    create_app(c, api)
+    api.delay(3.0)
+    assert c.execute_command("LLM.RUN", "app", "--ASYNC", "slow question") == 1
+    wait_state(c, "app", 1, b"running")
+    c.close()
+    restart(srv)                    # the job dies with the process
+    c = srv.client()
+    assert result(c, "app", 1)["state"] == b"running"     # nothing runs it any more
+    assert record(c) == 2
+    lost = result(c, "app", 1)
+    assert lost["state"] == b"failed" and lost["error"].startswith(b"interrupted:")
+    restart(srv)                    # the AOF holds the failure
+    assert result(srv.client(), "app", 1)["state"] == b"failed"
+
+
+def test_a_run_lost_in_a_debug_reload_is_failed_and_its_late_answer_is_dropped(r, api):
+    create_app(r, api)
+    api.delay(1.0)
+    api.script("too late")
+    assert r.execute_command("LLM.RUN", "app", "--ASYNC", "q") == 1
+    wait_state(r, "app", 1, b"running")
+    assert r.execute_command("DEBUG", "RELOAD") == b"OK"   # a new app value; the job holds the old
+    assert record(r) == 2
+    assert result(r, "app", 1)["state"] == b"failed"
+    time.sleep(1.3)                 # the old job finishes, and cannot write into the new value
+    assert result(r, "app", 1)["state"] == b"failed"
+    assert result(r, "app", 1)["answer"] == b""
+
+
+def test_a_run_in_flight_is_not_failed_by_writes_meanwhile(r, api):
+    create_app(r, api)
+    api.delay(0.8)
+    api.script("on time")
+    assert r.execute_command("LLM.RUN", "app", "--ASYNC", "q") == 1
+    wait_state(r, "app", 1, b"running")
+    assert record(r) == 2
+    assert r.execute_command("LLM.REVIEW", "app", 2, "--ANSWER", "x", "--SCORE", 50) == 1
+    assert result(r, "app", 1)["state"] == b"running"
+    done = wait_done(r, "app", 1)
+    assert done["state"] == b"done" and done["answer"] == b"on time"
+
+
+def test_a_replica_fails_no_run_itself_and_takes_the_masters_failure(make_server, api):
+    master = make_server("master", config={"repl-diskless-sync-delay": "0"})
+    replica = make_server("replica")
+    m = master.client()
+    create_app(m, api)
+    api.delay(3.0)
+    assert m.execute_command("LLM.RUN", "app", "--ASYNC", "q") == 1
+    wait_state(m, "app", 1, b"running")
+    rep = replica.client()
+    rep.replicaof("127.0.0.1", master.port)
+    wait_replica_synced(m, rep)
+    # The replica loaded a running record no job of its own runs: it waits
+    # for the master's word.
+    assert result(rep, "app", 1)["state"] == b"running"
+    m.execute_command("DEBUG", "RELOAD")
+    assert record(m) == 2
+    wait_for(lambda: result(rep, "app", 1)["state"] == b"failed", 10, "the replicated failure")
+
+
 def test_records_survive_restart_from_rdb(make_server, api):
     srv = make_server()
     c = srv.client()
