@@ -742,13 +742,19 @@ def wait_state(r, key, rid, state, timeout=10.0):
                     f"result {rid} to be {state}", 0.02)
 
 
+def start_slow_run(r, api, seconds: float, answer: str = "late") -> None:
+    """An --ASYNC run (record 1) that is running, its model answering after ``seconds``."""
+    create_app(r, api)
+    api.delay(seconds)
+    api.script(answer)
+    assert r.execute_command("LLM.RUN", "app", "--ASYNC", "q") == 1
+    wait_state(r, "app", 1, b"running")
+
+
 def test_a_run_lost_in_a_restart_is_marked_failed_at_the_next_write(make_server, api):
     srv = make_server(config={"appendonly": "yes"})
     c = srv.client()
-    create_app(c, api)
-    api.delay(3.0)
-    assert c.execute_command("LLM.RUN", "app", "--ASYNC", "slow question") == 1
-    wait_state(c, "app", 1, b"running")
+    start_slow_run(c, api, 3.0)
     c.close()
     restart(srv)                    # the job dies with the process
     c = srv.client()
@@ -761,11 +767,7 @@ def test_a_run_lost_in_a_restart_is_marked_failed_at_the_next_write(make_server,
 
 
 def test_a_run_lost_in_a_debug_reload_is_failed_and_its_late_answer_is_dropped(r, api):
-    create_app(r, api)
-    api.delay(1.0)
-    api.script("too late")
-    assert r.execute_command("LLM.RUN", "app", "--ASYNC", "q") == 1
-    wait_state(r, "app", 1, b"running")
+    start_slow_run(r, api, 1.0)
     assert r.execute_command("DEBUG", "RELOAD") == b"OK"   # a new app value; the job holds the old
     assert record(r) == 2
     assert result(r, "app", 1)["state"] == b"failed"
@@ -775,11 +777,7 @@ def test_a_run_lost_in_a_debug_reload_is_failed_and_its_late_answer_is_dropped(r
 
 
 def test_a_run_in_flight_is_not_failed_by_writes_meanwhile(r, api):
-    create_app(r, api)
-    api.delay(0.8)
-    api.script("on time")
-    assert r.execute_command("LLM.RUN", "app", "--ASYNC", "q") == 1
-    wait_state(r, "app", 1, b"running")
+    start_slow_run(r, api, 0.8, "on time")
     assert record(r) == 2
     assert r.execute_command("LLM.REVIEW", "app", 2, "--ANSWER", "x", "--SCORE", 50) == 1
     assert result(r, "app", 1)["state"] == b"running"
@@ -791,10 +789,7 @@ def test_a_replica_fails_no_run_itself_and_takes_the_masters_failure(make_server
     master = make_server("master", config={"repl-diskless-sync-delay": "0"})
     replica = make_server("replica")
     m = master.client()
-    create_app(m, api)
-    api.delay(3.0)
-    assert m.execute_command("LLM.RUN", "app", "--ASYNC", "q") == 1
-    wait_state(m, "app", 1, b"running")
+    start_slow_run(m, api, 3.0)
     rep = replica.client()
     rep.replicaof("127.0.0.1", master.port)
     wait_replica_synced(m, rep)
