@@ -462,6 +462,12 @@ def test_a_promoted_replica_holds_every_store_app_and_record_of_its_dead_master(
         }
         assert [row[0] for row in expected[tag]["knn"]] == expected_nearest(vectors, probe, 5)
 
+    # A run in flight on the master that dies: its model answers too late.
+    llm_api.delay(8.0)
+    lost_id = rc.execute_command("LLM.RUN", key(tags[0], "app"), "--ASYNC", "lost in the failover")
+    wait_for(lambda: as_dict(rc.execute_command("LLM.RESULT", key(tags[0], "app"), lost_id))
+             ["state"] == b"running", 10, "the doomed run to start", 0.02)
+
     victim = cluster.master_for(key(tags[0], "app"))
     cluster.wait_replicas_synced()  # replication is asynchronous: compare what was acknowledged
     with victim.client() as client:
@@ -494,5 +500,8 @@ def test_a_promoted_replica_holds_every_store_app_and_record_of_its_dead_master(
                 .startswith(b"echo: Please answer the following question")
             # The promoted master takes writes.
             assert survivor.execute_command("LLM.ADD", store, "Oslo is in Norway.") == 3
+        # The run lost with the dead master was failed by the new master's first write.
+        lost = as_dict(survivor.execute_command("LLM.RESULT", key(tags[0], "app"), lost_id))
+        assert lost["state"] == b"failed" and lost["error"].startswith(b"interrupted:")
     finally:
         survivor.close()
