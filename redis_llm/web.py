@@ -75,6 +75,7 @@ class Sessions:
     def open(self, user: str, password: str) -> str:
         """Sign in: a new session token, once Redis accepted the user and
         password (redis.AuthenticationError otherwise)."""
+        user = user or "default"        # AUTH with a password alone is the default user's
         client = self._connect(user, password)
         token = secrets.token_urlsafe(32)
         with self._lock:
@@ -144,7 +145,7 @@ def connector(url: str, cluster: bool = False):
     once Redis has accepted the user and password (redis.AuthenticationError
     otherwise)."""
     def connect(user: str, password: str) -> Client:
-        options = dict(username=user or "default", password=password, socket_connect_timeout=5,
+        options = dict(username=user, password=password, socket_connect_timeout=5,
                        health_check_interval=30)
         if cluster:
             # Connecting to a cluster signs in to its nodes already.

@@ -95,6 +95,12 @@ def test_pages_send_a_visitor_to_sign_in_first(desk):
         assert response.status_code == 302 and "/login?next=" in response.headers["Location"]
 
 
+def test_on_a_server_without_passwords_the_default_user_signs_in_with_an_empty_one(url, r):
+    client = web.create_app(url).test_client()
+    assert client.post("/login", data={"user": "", "password": ""}).status_code == 302
+    assert 'title="Redis ACL user">default</span>' in client.get("/").data.decode()
+
+
 def test_a_wrong_password_gets_a_clear_message_and_no_session(desk):
     client = desk.test_client()
     response = client.post("/login", data={"user": "alice", "password": "wrong"})
