@@ -381,6 +381,15 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
     def client() -> Client:
         return current().client
 
+    @app.before_request
+    def same_origin():
+        # Forms are posted from the desk's own pages; a browser names the
+        # page's origin. This also covers sign-in, which has no CSRF token.
+        origin = flask.request.headers.get("Origin")
+        if flask.request.method == "POST" and origin is not None and \
+                origin != flask.request.host_url.rstrip("/"):
+            flask.abort(400, "This form was sent from another site.")
+
     @app.after_request
     def headers(response):
         response.headers["Content-Security-Policy"] = (

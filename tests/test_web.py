@@ -222,6 +222,16 @@ def test_a_form_without_its_csrf_token_is_refused_and_changes_nothing(r, alice):
     assert alice.post("/logout", data={"csrf": "forged"}).status_code == 400
 
 
+def test_a_form_posted_from_another_site_is_refused_even_sign_in(desk):
+    client = desk.test_client()
+    login = {"user": "alice", "password": "alice-pw"}
+    response = client.post("/login", data=login, headers={"Origin": "https://evil.example"})
+    assert response.status_code == 400 and "another site" in response.data.decode()
+    assert "Set-Cookie" not in response.headers
+    same = client.post("/login", data=login, headers={"Origin": "http://localhost"})
+    assert same.status_code == 302
+
+
 def test_redis_unreachable_at_sign_in_is_a_503_with_the_reason():
     desk = web.create_app("redis://127.0.0.1:1")
     response = desk.test_client().post("/login", data={"user": "alice", "password": "x"})
