@@ -530,8 +530,9 @@ def review_one(client, app: str, rid: str, answer: str, score: str, notes: str |
     return client.execute_command(*command)
 
 
-def next_unreviewed(client, app: str, skipped: set[str]) -> dict[str, str] | None:
-    """The newest finished, unreviewed record not skipped, or None.
+def next_unreviewed(client, app: str, skipped: set[str], decode=record_dict):
+    """The newest finished, unreviewed record not skipped (as ``decode``
+    makes it of the reply: a dict of strings by default), or None.
 
     Pages of len(skipped) + 1 records (at most 100) from offset 0 on: records
     newer than the skipped ones are not missed when they arrive meanwhile."""
@@ -541,8 +542,8 @@ def next_unreviewed(client, app: str, skipped: set[str]) -> dict[str, str] | Non
         page = client.execute_command("LLM.RESULTS", app, "--UNREVIEWED", "--STATE", "done",
                                       "--COUNT", count, "--OFFSET", offset)
         for reply in page:
-            record = record_dict(reply)
-            if record.get("id") not in skipped:
+            record = decode(reply)
+            if str(record.get("id")) not in skipped:
                 return record
         if len(page) < count:
             return None

@@ -455,7 +455,7 @@ class Client:
         'done'
         """
         reply = self._call("LLM.RESULT", key, _integer(id, "id"))
-        return None if reply is None else _record(reply)
+        return None if reply is None else decode_record(reply)
 
     def results(self, key: KeyT, *, state: str | None = None, reviewed: bool | None = None,
                 model: str | None = None, tag: str | None = None, session: DataT | None = None,
@@ -485,7 +485,7 @@ class Client:
         _option(args, "--TEXT", text)
         _option(args, "--COUNT", _integer(count, "count"))
         _option(args, "--OFFSET", _integer(offset, "offset"))
-        return [_record(reply) for reply in self._call(*args)]
+        return [decode_record(reply) for reply in self._call(*args)]
 
     def review(self, key: KeyT, id: int, *, answer: DataT, score: float,
                notes: DataT | None = None) -> bool:
@@ -695,7 +695,7 @@ def _run_details(reply: list) -> RunDetails:
     return details  # type: ignore[return-value]
 
 
-def _record(reply: list) -> Record:
+def decode_record(reply: list) -> Record:
     """Decode a record as records.reply() sends it: field/value pairs, every
     value a string, empty for a missing value."""
     record: dict[str, Any] = {}

@@ -32,7 +32,7 @@ import redis.cluster
 from werkzeug.exceptions import HTTPException
 
 from redis_llm import charts, cli
-from redis_llm.client import Client
+from redis_llm.client import Client, decode_record
 from redis_llm.records import BANDS, STATES, band
 
 APP_KINDS = ("app", "search", "chat")
@@ -495,8 +495,7 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
     def review_queue():
         key = app_arg()
         skipped = _skipped()
-        found = cli.next_unreviewed(client().redis, key, set(skipped))
-        record = client().result(key, int(found["id"])) if found else None
+        record = cli.next_unreviewed(client().redis, key, set(skipped), decode=decode_record)
         return render("review.html", app_key=key, record=record, skipped=skipped,
                       form={"answer": record["answer"] if record else "", "score": "", "notes": ""},
                       skip_next=",".join(skipped + ([str(record["id"])] if record else [])))
