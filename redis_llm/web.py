@@ -151,16 +151,21 @@ def connector(url: str, cluster: bool = False):
             # Connecting to a cluster signs in to its nodes already.
             return Client(redis.cluster.RedisCluster.from_url(url, **options))
         client = redis.Redis.from_url(url, **options)
-        # AUTH alone, on a connection of its own: the user may be allowed
-        # the LLM.* commands only, not even PING.
-        pool = client.connection_pool
-        probe = pool.connection_class(**pool.connection_kwargs)
-        try:
-            probe.connect()
-        finally:
-            probe.disconnect()
+        authenticate(client)
         return Client(client)
     return connect
+
+
+def authenticate(client: redis.Redis) -> None:
+    """Sign in once more with the client's user and password, on a connection
+    of its own, with AUTH alone: the user may be allowed the LLM.* commands
+    only, not even PING. redis.AuthenticationError when Redis refuses."""
+    pool = client.connection_pool
+    probe = pool.connection_class(**pool.connection_kwargs)
+    try:
+        probe.connect()
+    finally:
+        probe.disconnect()
 
 
 # ---- input --------------------------------------------------------------------
@@ -419,6 +424,17 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
 
     @app.errorhandler(redis.RedisError)
     def unreachable(exc):
+        # Redis drops the connections of a user it deletes: then the session
+        # is over, and that is no outage.
+        session = getattr(flask.g, "session", None)
+        if isinstance(exc, redis.ConnectionError) and session is not None and \
+                isinstance(session.client.redis, redis.Redis):
+            try:
+                authenticate(session.client.redis)
+            except redis.AuthenticationError:
+                return auth_lost(exc)
+            except redis.RedisError:
+                pass
         return failure(503, "Redis is unreachable", f"Cannot talk to Redis at {url}: {exc}")
 
     @app.errorhandler(HTTPException)

@@ -208,6 +208,12 @@ def test_a_session_ends_when_its_user_is_deleted(r, alice):
     assert response.status_code == 302 and "/login" in response.headers["Location"]
 
 
+def test_a_connection_redis_closed_is_reopened_without_an_error_page(r, alice):
+    assert alice.get("/").status_code == 200
+    r.execute_command("CLIENT", "KILL", "USER", "alice")   # as Redis' idle `timeout` does
+    assert alice.get("/").status_code == 200
+
+
 def test_sign_out_ends_the_session(alice):
     response = alice.post("/logout", data={"csrf": csrf(alice)})
     assert response.status_code == 302
