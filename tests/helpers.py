@@ -1,20 +1,18 @@
 """Helpers shared by the test files: error replies, commands run in threads, waiting."""
 
 import re
+import socket
 import threading
 import time
 
 import pytest
 import redis
 
+# The error reply as the server sent it, whichever redis-py: the package's one helper.
+from redis_llm.client_errors import error_text
+
 # Every error reply starts with an upper-case code, then the message.
 ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_-]* \S")
-
-
-def error_text(exc: redis.ResponseError) -> str:
-    """The error reply as the server sent it: redis-py strips the codes it knows (ERR)."""
-    code = getattr(exc, "status_code", None)
-    return f"{code} {exc}" if code else str(exc)
 
 
 def expect_error(r, *args, code: str = "ERR", match: str | None = None) -> str:
@@ -29,6 +27,29 @@ def expect_error(r, *args, code: str = "ERR", match: str | None = None) -> str:
     if match is not None:
         assert re.search(match, text), f"{text!r} does not match {match!r}"
     return text
+
+
+def raw_error(port: int, *commands: tuple) -> str:
+    """The error line the server sends for the last of ``commands`` (each a
+    tuple of arguments; the ones before it must reply one line, as AUTH does),
+    read off a socket with no client library in between: the text that
+    ``error_text`` must give back."""
+    payload = b""
+    for command in commands:
+        payload += b"*%d\r\n" % len(command)
+        for arg in command:
+            arg = arg if isinstance(arg, bytes) else str(arg).encode()
+            payload += b"$%d\r\n%s\r\n" % (len(arg), arg)
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(payload)
+        while data.count(b"\r\n") < len(commands):
+            chunk = sock.recv(65536)
+            assert chunk, f"the server closed the connection after {data!r}"
+            data += chunk
+    line = data.split(b"\r\n")[len(commands) - 1]
+    assert line.startswith(b"-"), f"not an error reply: {line!r}"
+    return line[1:].decode()
 
 
 def in_thread(fn):
