@@ -12,8 +12,8 @@ configurations at :attr:`OpenAIServer.url`.  The server
 * logs every request it receives (:attr:`OpenAIServer.requests`), faulted
   ones included;
 * injects faults from a single FIFO of pending actions, one consumed per
-  request in arrival order: :meth:`fail`, :meth:`delay`, :meth:`drop` and
-  :meth:`malformed` can be mixed freely.
+  request in arrival order: :meth:`fail`, :meth:`delay`, :meth:`drop`,
+  :meth:`malformed` and :meth:`reshape` can be mixed freely.
 
 Any path ending in ``/chat/completions`` or ``/embeddings`` is accepted, so
 both ``/v1/chat/completions`` and Azure's
@@ -88,6 +88,11 @@ class _Drop:
 @dataclass
 class _Malformed:
     body: bytes
+
+
+@dataclass
+class _Reshape:
+    edit: object  # a callable: the normal JSON answer -> the answer sent
 
 
 @dataclass
@@ -378,6 +383,16 @@ class OpenAIServer:
             body = body.encode()
         self._push(times, _Malformed(bytes(body)))
 
+    def reshape(self, edit, times: int = 1) -> None:
+        """The next ``times`` requests get their normal answer edited by ``edit``.
+
+        ``edit`` takes the answer's JSON object (a dict it may change in place)
+        and returns the object to send, so a test can play a server that answers
+        outside the OpenAI schema while the vectors and texts still follow the
+        request. Error answers (a 401, say) are sent unedited.
+        """
+        self._push(times, _Reshape(edit))
+
     def clear(self) -> None:
         """Forget the request log, the scripted answers and the pending faults."""
         with self._lock:
@@ -446,7 +461,10 @@ class OpenAIServer:
                 return action, _error(action.status, action.message, headers=headers)
             if isinstance(action, _Malformed):
                 return action, _Response(200, action.body)
-            return action, self._answer(request)
+            response = self._answer(request)
+            if isinstance(action, _Reshape) and response.status == 200:
+                response = _json(action.edit(json.loads(response.body)))
+            return action, response
 
     def _authorized(self, request: Request) -> bool:
         if self.api_key is None:

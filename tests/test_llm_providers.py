@@ -4,8 +4,10 @@ redis-server: requests sent, secrets kept, faults retried or reported, Redis
 never blocked, and text embedded by a vector store's LLM.
 """
 
+import base64
 import itertools
 import json
+import re
 import socket
 import time
 from types import SimpleNamespace
@@ -15,6 +17,7 @@ import pytest
 import redis
 from helpers import ERROR_CODE, error_text, expect_error, in_thread, wait_for  # noqa: F401
 from openai_server import OpenAIServer
+from redis_llm.errors import LLMError
 
 KEY = "sk-test-4f9a2c7e1b3d5a6c8e0f"          # the api_key the module is given
 AZURE_REQUIRED = ("api_key", "resource_name", "chat_deployment_id", "embedding_deployment_id",
@@ -372,7 +375,7 @@ def test_verbose_run_reports_the_model_and_the_token_counts(r, api):
     reply = run(r, "--VERBOSE", "one two")
     assert reply == [b"answer", b"three word answer", b"prompt", b"one two", b"items", [],
                      b"model", b"gpt-test", b"prompt_tokens", 2, b"completion_tokens", 3,
-                     b"served_from", b"llm", b"record", 1]
+                     b"served_from", b"llm", b"record", 1, b"served_review", None]
 
 
 # ---- 3. Azure OpenAI -------------------------------------------------------------
@@ -649,14 +652,209 @@ def test_odd_usage_and_model_in_a_response_are_recorded_so_the_rdb_still_loads(r
     assert r.execute_command("LLM.RESULT", "a", 1) == record
 
 
-@pytest.mark.parametrize("body", [b'{"data": []}', b'{"data": [{"index": 0, "embedding": []}]}',
-                                  b'{"data": [{"index": 0, "embedding": ["x"]}]}', b"nope"])
-def test_a_malformed_embedding_response_is_an_error_and_adds_nothing(r, api, body):
+@pytest.mark.parametrize("body, problem", [
+    (b'{"data": []}', "0 embeddings for 1 inputs"),
+    (b'{"embedding": [0.5]}', "no 'data' list"),
+    (b'{"data": [[0.5, 1]]}', "an item of 'data' is not an object"),
+    (b'{"data": [{"index": 0}]}', "input 0 has no embedding"),
+    (b'{"data": [{"index": 0, "embedding": []}]}', "the embedding of input 0 is empty"),
+    (b'{"data": [{"index": 0, "embedding": ["x"]}]}', "input 0 is not a list of numbers"),
+    (b'{"data": [{"index": 0, "embedding": ["0.5", "1"]}]}', "input 0 is not a list of numbers"),
+    (b'{"data": [{"index": 0, "embedding": [0.5, true]}]}', "input 0 is not a list of numbers"),
+    (b'{"data": [{"index": 0, "embedding": [NaN, 1]}]}', "input 0 has a non-finite value"),
+    (b'{"data": [{"index": 0, "embedding": "not base64!"}]}', "a string that is not base64"),
+    (b'{"data": [{"index": 0, "embedding": "AAAAAAA="}]}', "not a whole number of float32s"),
+    (b'{"data": [{"index": 1, "embedding": [0.5]}]}',
+     r"the indexes \(1\) are not 0 to 0, each once"),
+    (b'{"data": [{"index": "0", "embedding": [0.5]}]}',
+     r"the indexes \('0'\) are not 0 to 0, each once"),
+    # llama.cpp's own /embedding answer: embedding_path is not the OpenAI one.
+    (b'[{"index": 0, "embedding": [[0.5]]}]',
+     r"malformed response \(a JSON array, not an OpenAI object\)"),
+    (b"nope", r"malformed response \(not JSON\)"),
+])
+def test_a_malformed_embedding_response_is_an_error_naming_the_problem(r, api, body, problem):
     create_llm(r, "m", openai_params(api))
     r.execute_command("LLM.CREATE-VECTOR-STORE", "s", "--LLM", "m")
     api.malformed(body=body)
-    expect_error(r, "LLM.ADD", "s", "doc", match=r"^ERR openai: .*malformed")
+    text = expect_error(r, "LLM.ADD", "s", "doc", match=r"^ERR openai: .*malformed")
+    assert re.search(problem + "$", text), text
     assert r.execute_command("LLM.SIZE", "s") == 0
+    assert len(api.embedding_requests()) == 1  # a server's answer is not retried
+
+
+# ---- 5b. Answers outside the OpenAI schema ------------------------------------------
+# "OpenAI-compatible" servers (llama.cpp's, proxies) differ from OpenAI in details.
+# An answer with one reading is accepted; any other is refused naming what is wrong.
+
+def result_fields(r, app="a", result=1) -> dict:
+    record = r.execute_command("LLM.RESULT", app, result)
+    return dict(zip(record[0::2], record[1::2]))
+
+
+def _as_text_parts(body):
+    message = body["choices"][0]["message"]
+    message["content"] = [{"type": "text", "text": "two "}, {"type": "text", "text": "parts"}]
+    return body
+
+
+@pytest.mark.parametrize("edit, answer, tokens", [
+    (lambda b: {"choices": [{"message": {"content": "bare"}}]}, b"bare", (b"0", b"0")),
+    (_as_text_parts, b"two parts", (b"1", b"2")),
+    (lambda b: {"choices": [{"index": 0, "text": "completions shape", "finish_reason": "stop"}]},
+     b"completions shape", (b"0", b"0")),
+    (lambda b: {**b, "usage": {"prompt_tokens": "many", "completion_tokens": None}}, b"echo: hi",
+     (b"0", b"0")),
+    (lambda b: {**b, "usage": "n/a"}, b"echo: hi", (b"0", b"0")),
+], ids=["no-usage-no-model", "text-parts", "completions-text", "odd-usage", "usage-not-object"])
+def test_a_chat_answer_with_one_reading_is_accepted(r, api, edit, answer, tokens):
+    make_app(r, openai_params(api))
+    api.reshape(edit)
+    assert run(r, "hi") == answer
+    fields = result_fields(r)
+    assert (fields[b"prompt_tokens"], fields[b"completion_tokens"]) == tokens
+    assert fields[b"model"] == b"gpt-3.5-turbo"  # the server's name, else the one asked for
+    assert r.execute_command("DEBUG", "RELOAD") == b"OK"
+    assert result_fields(r) == fields
+
+
+@pytest.mark.parametrize("body, problem", [
+    (b'{"choices": [{"message": {"content": null, "refusal": "I cannot help with that."}, '
+     b'"finish_reason": "stop"}]}', r"the model refused to answer: I cannot help with that\."),
+    (b'{"choices": [{"message": {"content": null, "tool_calls": [{"id": "c1", "type": '
+     b'"function", "function": {"name": "f", "arguments": "{}"}}]}, '
+     b'"finish_reason": "tool_calls"}]}', "the model answered with a tool call, not text"),
+    (b'{"choices": [{"message": {"role": "assistant", "content": null}, '
+     b'"finish_reason": "length"}]}',
+     r"malformed chat completion response: the message has no content \(finish_reason 'length'\)"),
+    (b'{"choices": [{"message": {"content": [{"type": "image_url", "image_url": {"url": "x"}}]}}]}',
+     "malformed chat completion response: the message content is not text"),
+    (b'{"choices": [{"message": {"content": 42}}]}',
+     "malformed chat completion response: the message content is not text"),
+    (b'{"choices": ["hello"]}',
+     r"malformed chat completion response: choices\[0\] is not an object"),
+    (b'{"choices": [{"finish_reason": "stop"}]}',
+     r"malformed chat completion response: choices\[0\] has no message"),
+    (b'{"object": "list", "data": []}', "malformed chat completion response: no choices"),
+    (b'{"error": {"message": "model not loaded", "type": "server_error"}}',
+     "the server answered 200 with an error: model not loaded"),
+])
+def test_a_chat_answer_without_text_is_an_error_naming_why(r, api, body, problem):
+    make_app(r, openai_params(api))
+    api.malformed(body=body)
+    expect_error(r, "LLM.RUN", "a", "hi", match=rf"^ERR openai: {problem}$")
+    assert len(api.chat_requests()) == 1  # an answer is not retried
+    assert run(r, "fine") == b"echo: fine"
+
+
+def _without_index(body):
+    for row in body["data"]:
+        del row["index"]
+    return body
+
+
+def _as_base64(body):
+    for row in body["data"]:
+        row["embedding"] = base64.b64encode(np.array(row["embedding"], "<f4").tobytes()).decode()
+    return body
+
+
+def _bare(body):
+    return {"data": [{"embedding": row["embedding"]} for row in body["data"]]}
+
+
+@pytest.mark.parametrize("edit", [_without_index, _as_base64, _bare],
+                         ids=["no-index", "base64", "only-the-vectors"])
+def test_an_embedding_answer_with_one_reading_is_accepted(r, api, edit):
+    create_llm(r, "m", openai_params(api))
+    r.execute_command("LLM.CREATE-VECTOR-STORE", "s", "--LLM", "m")
+    api.reshape(edit, times=3)
+    for text in ("the quick brown fox", "a lazy dog"):
+        r.execute_command("LLM.ADD", "s", text)
+    assert np.array_equal(vector(r.execute_command("LLM.GET", "s", 1)[1]),
+                          expected_vector("the quick brown fox"))
+    ((item_id, distance),) = r.execute_command("LLM.KNN", "s", "--K", 1, "a lazy dog")
+    assert item_id == 2 and float(distance) < 1e-6
+    assert len(api.embedding_requests()) == 3
+
+
+def _per_token(tokens: int):
+    """llama-cpp-python's server on a model without pooling: a vector per token."""
+    def edit(body):
+        for row in body["data"]:
+            row["embedding"] = [row["embedding"]] * tokens
+        return body
+    return edit
+
+
+def test_per_token_embeddings_are_refused_asking_for_a_pooling_type(r, api):
+    create_llm(r, "m", openai_params(api))
+    r.execute_command("LLM.CREATE-VECTOR-STORE", "s", "--LLM", "m")
+    api.reshape(_per_token(3))
+    expect_error(r, "LLM.ADD", "s", "three token text",
+                 match=r"^ERR openai: the server returned per-token embeddings \(3 vectors\) for "
+                       r"input 0, not one pooled vector: start it with a pooling type")
+    # One token too: otherwise short texts would be taken and long ones refused.
+    api.reshape(_per_token(1))
+    expect_error(r, "LLM.ADD", "s", "one", match=r"per-token embeddings \(1 vector\) for input 0")
+    assert r.execute_command("LLM.SIZE", "s") == 0
+    assert r.execute_command("LLM.ADD", "s", "pooled") == 1  # the server was fixed
+    api.reshape(_per_token(2))
+    expect_error(r, "LLM.KNN", "s", "a query", match=r"per-token embeddings \(2 vectors\)")
+    assert r.execute_command("LLM.SIZE", "s") == 1
+
+
+# Several inputs in one request (LLM.REVIEW embeds a question with its --ALSO ones):
+# the provider itself, against the same scripted server.
+
+def openai_provider(api):
+    from redis_llm.providers import LLMModel
+    return LLMModel("openai", openai_params(api)).provider()
+
+
+def test_embeddings_are_returned_in_input_order_by_index_or_else_by_position(api):
+    texts = ["one", "two", "three"]
+    expected = [expected_vector(text) for text in texts]
+    provider = openai_provider(api)
+    api.reshape(lambda body: {**body, "data": body["data"][::-1]})  # indexes 2, 1, 0
+    assert all(np.array_equal(a, b) for a, b in zip(provider.embed(texts), expected, strict=True))
+    api.reshape(_without_index)
+    assert all(np.array_equal(a, b) for a, b in zip(provider.embed(texts), expected, strict=True))
+
+
+def _set_indexes(*indexes):
+    def edit(body):
+        for row, index in zip(body["data"], indexes):
+            if index is None:
+                del row["index"]
+            else:
+                row["index"] = index
+        return body
+    return edit
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (_set_indexes(0, None, 2), r"the indexes \(0, None, 2\) are not 0 to 2, each once"),
+    (_set_indexes(0, 1, 1), r"the indexes \(0, 1, 1\) are not 0 to 2, each once"),
+    (_set_indexes(1, 2, 3), r"the indexes \(1, 2, 3\) are not 0 to 2, each once"),
+    (lambda body: {**body, "data": body["data"][:2]}, "2 embeddings for 3 inputs"),
+    (lambda body: {**body, "data": [{**row, "embedding": row["embedding"][:row["index"] + 4]}
+                                    for row in body["data"]]},
+     r"vectors of different lengths \(4 and 6\)"),
+])
+def test_a_batch_answer_that_cannot_be_matched_to_its_inputs_is_an_error(api, edit, problem):
+    api.reshape(edit)
+    with pytest.raises(LLMError, match=rf"^ERR openai: malformed embedding response: {problem}$"):
+        openai_provider(api).embed(["one", "two", "three"])
+
+
+def test_per_token_embeddings_name_the_input(api):
+    def second_per_token(body):
+        body["data"][1]["embedding"] = [body["data"][1]["embedding"]] * 2
+        return body
+    api.reshape(second_per_token)
+    with pytest.raises(LLMError, match=r"per-token embeddings \(2 vectors\) for input 1,"):
+        openai_provider(api).embed(["one", "two", "three"])
 
 
 def test_the_socket_timeout_gives_an_error_and_is_not_retried(r, api):

@@ -205,3 +205,29 @@ def test_stop_interrupts_delay():
     s.stop()
     t.join(5)
     assert time.monotonic() - t0 < 2 and errors
+
+
+def test_reshape_edits_the_normal_answer_in_fifo_order(srv):
+    srv.reshape(lambda body: {"choices": [{"text": body["choices"][0]["message"]["content"]}]})
+    srv.fail(503)
+
+    def per_token(body):
+        for row in body["data"]:
+            del row["index"]
+            row["embedding"] = [row["embedding"], row["embedding"]]
+        return body
+
+    srv.reshape(per_token)
+    assert chat(srv, "hi")[3] == {"choices": [{"text": "echo: hi"}]}
+    assert chat(srv, "hi")[0] == 503
+    status, _, _, body = call(srv, "/v1/embeddings", {"input": ["a", "b"]})
+    vec = OpenAIServer.embedding_for("b", 8)
+    assert status == 200 and body["data"][1] == {"object": "embedding", "embedding": [vec, vec]}
+    assert chat(srv, "again")[3]["choices"][0]["message"]["content"] == "echo: again"
+
+
+def test_reshape_leaves_error_answers_alone():
+    with OpenAIServer(api_key="sk-secret") as s:
+        s.reshape(lambda body: {"edited": True})
+        status, _, _, body = chat(s, "hi")
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
