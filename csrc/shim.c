@@ -155,6 +155,9 @@ static int start_python(RedisModuleCtx *ctx, const char *package_dir) {
 __attribute__((visibility("default")))
 int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     if (fetch_api(ctx) != RM_OK) return RM_ERR;
+    /* "llm", not the "LLM" of the first README: Redis prefixes the INFO fields
+     * (llm_pool_size) and config names (llm.pool-size) with the module name,
+     * as written, and monitoring reads them (README: "Operating it"). */
     if (RedisModule_IsModuleNameBusy("llm")) return RM_ERR;
     RedisModule_SetModuleAttribs(ctx, "llm", 1, RM_APIVER_1);
     /* A truncated or damaged RDB payload (RESTORE, a replica's sync) is an

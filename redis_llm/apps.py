@@ -31,7 +31,7 @@ import jinja2.visitor
 import markupsafe
 
 from redis_llm.errors import LLMError
-from redis_llm.records import DEFAULT_LIMIT, Records, encode_vector
+from redis_llm.records import DEFAULT_LIMIT, Records, encode_vector, encode_vectors
 
 ENCODING_VERSION = 1
 KINDS = ("app", "search", "chat")
@@ -698,7 +698,8 @@ class App:
         for sid, session in sorted(self.sessions.items()):
             yield chat_log_command(key, sid, session, session.messages)
         for record in self.records.items.values():
-            yield result_set_command(key, record, self.records.vectors.get(record["id"]))
+            yield result_set_command(key, record, self.records.vectors.get(record["id"]),
+                                     self.records.question_vectors.get(record["id"]))
 
     def memory_usage(self) -> int:
         return 1024 + 2 * len(self._json())
@@ -707,12 +708,16 @@ class App:
         return [self.type_tag, self._json()]
 
 
-def result_set_command(key: bytes, record: dict, vector=None) -> list[bytes]:
+def result_set_command(key: bytes, record: dict, vector=None,
+                       question_vectors: dict | None = None) -> list[bytes]:
     """The LLM.RESULT-SET command that stores ``record``: how records are
-    replicated and rewritten to the AOF."""
+    replicated and rewritten to the AOF. ``question_vectors`` embeds the
+    review's --ALSO and --NEVER questions."""
     payload = dict(record)
     if vector is not None:
         payload["vector"] = encode_vector(vector)
+    if question_vectors:
+        payload["question_vectors"] = encode_vectors(question_vectors)
     return [b"LLM.RESULT-SET", key, _compact(payload)]
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from redis_llm import command_info, keys, metrics, pool
+from redis_llm import command_info, keys, metrics, pool, review_match
 from redis_llm.apps import (
     App,
     chat_log_command,
@@ -23,6 +23,7 @@ from redis_llm.apps import (
 )
 from redis_llm.errors import LLMError
 from redis_llm.parsing import (
+    MAX_MODEL_NAME_BYTES,
     Args,
     Option,
     Syntax,
@@ -36,18 +37,27 @@ from redis_llm.parsing import (
     integer,
     json_object,
     json_value,
+    model_name,
     record_json,
     shown,
     text_bytes,
     uint64,
     vars_object,
 )
-from redis_llm.records import STATES, check_record, decode_vector, now_ms, source_text
+from redis_llm.records import (
+    STATES,
+    check_record,
+    decode_vector,
+    decode_vectors,
+    guard_questions,
+    now_ms,
+    source_text,
+)
 from redis_llm.records import reply as record_reply
 from redis_llm.providers import TYPES as LLM_TYPES
 from redis_llm.providers import Completion
 from redis_llm.providers import LLMModel
-from redis_llm.store import StoreParams, VectorStore
+from redis_llm.store import StoreParams, VectorStore, valid_model_name
 
 # Context flags: a command replayed from the AOF or sent by a master; where
 # a client cannot be blocked (Lua, MULTI, deny-blocking).
@@ -132,7 +142,8 @@ class Command:
         for option in syntax.options.values():
             group = grouped.get(option.name)
             if group is None:
-                docs.append(_option_doc(option, key_spec_of, _ARG_OPTIONAL * (not option.required)))
+                flags = _ARG_OPTIONAL * (not option.required) | _ARG_MULTIPLE_TOKEN * option.repeat
+                docs.append(_option_doc(option, key_spec_of, flags))
             elif option.name == group[0]:  # the group, where its first option is
                 members = tuple(_option_doc(syntax.options[name.encode()], key_spec_of, 0)
                                 for name in group)
@@ -148,7 +159,7 @@ class Command:
 
 # COMMAND DOCS argument types and flags of the module API.
 _ARG_STRING, _ARG_INTEGER, _ARG_DOUBLE, _ARG_KEY, _ARG_PURE_TOKEN, _ARG_ONEOF = 0, 1, 2, 3, 6, 7
-_ARG_OPTIONAL = 1 << 0
+_ARG_OPTIONAL, _ARG_MULTIPLE_TOKEN = 1 << 0, 1 << 2
 
 
 def _arg_type(convert) -> int:
@@ -192,13 +203,14 @@ def add(ctx: int, args: Args):
     store = _store(ctx, args.key)
     vector = _given_vector(args)
     if vector is not None:
-        return _add_item(ctx, store, args, vector)
+        return _add_item(ctx, store, args, vector, _declared(args))
+    _no_declared_model(args)
     embedder = _embedder(ctx, store, args.key, None, "data")
     text = _text(args.data)
 
     def job(locked):
         vector = embedder.embed([text])[0]
-        return locked(lambda ctx: _add_item(ctx, _store(ctx, args.key), args, vector))
+        return locked(lambda ctx: _add_item(ctx, _store(ctx, args.key), args, vector, embedder))
     pool.workers.run(ctx, job, args.timeout)
     return keys.BLOCKED
 
@@ -210,15 +222,25 @@ def _store(ctx: int, key: bytes) -> VectorStore:
     return store
 
 
-def _add_item(ctx: int, store: VectorStore, args: Args, vector) -> int:
+def _add_item(ctx: int, store: VectorStore, args: Args, vector, source=None) -> int:
+    """Add the item of ``args`` with ``vector`` and replicate it. ``source``
+    (an _Embedder, a _Declared or None) names the model that made ``vector``."""
+    model = source.model if source is not None else None
+    if store.other_model(model) is not None:
+        if not _trusted(ctx):
+            _check_model(store, args.key, source)
+        # A replica or a replay takes what its master took; the store keeps its model.
+        model = None
     item_id = args.id if args.id is not None else store.peek_id()
-    # Replicas and the AOF get the resolved id and embedding, never a request
-    # they would have to compute again. Built first: nothing may fail after
-    # the store has changed.
+    # Replicas and the AOF get the resolved id, embedding and embedding model,
+    # never a request they would have to compute again. Built first: nothing
+    # may fail after the store has changed.
     command = [args.key, b"--ID", b"%d" % item_id, b"--EMBEDDING-BLOB", vector.astype("<f4").tobytes()]
+    if model is not None:
+        command += [b"--EMBEDDING-MODEL", model.encode()]
     if args.meta is not None:
         command += [b"--META", _dump_json(args.meta)]
-    store.add(vector, args.data, args.meta, item_id)
+    store.add(vector, args.data, args.meta, item_id, model)
     keys.replicate(ctx, b"LLM.ADD", command + [args.data])
     keys.notify(ctx, b"llm.add", args.key)
     return item_id
@@ -255,9 +277,12 @@ def knn(ctx: int, args: Args):
     vector = _given_vector(args)
     if vector is None and args.query is None:
         raise LLMError("give --EMBEDDING, --EMBEDDING-BLOB or a query text")
+    if vector is None:
+        _no_declared_model(args)
     if store is None or not len(store):
         return []
     if vector is not None:
+        _check_model(store, args.key, _declared(args))
         return _knn_reply(store, args, vector)
     embedder = _embedder(ctx, store, args.key, None, "query")
     text = _text(args.query)
@@ -267,7 +292,10 @@ def knn(ctx: int, args: Args):
 
         def search(ctx):
             store = keys.read(ctx, args.key, VectorStore)
-            return _knn_reply(store, args, vector) if store is not None and len(store) else []
+            if store is None or not len(store):
+                return []
+            _check_model(store, args.key, embedder)     # the store may have changed meanwhile
+            return _knn_reply(store, args, vector)
         return locked(search)
     pool.workers.run(ctx, job, args.timeout)
     return keys.BLOCKED
@@ -289,14 +317,73 @@ def _given_vector(args: Args):
     return args.embedding if args.embedding is not None else args.embedding_blob
 
 
-def _embedder(ctx: int, store: VectorStore, owner: bytes, app_llm: bytes | None, what: str):
-    """The provider that embeds text for ``store``: the store's own LLM, else
-    the app's, so that queries and items share one embedding space. ``owner``
-    is the key of the store or app the command named."""
+def _embedder(ctx: int, store: VectorStore, owner: bytes, app_llm: bytes | None, what: str,
+              store_key: bytes | None = None) -> "_Embedder":
+    """What embeds text for ``store``: the store's own LLM, else the app's, so
+    that queries and items share one embedding space. ``owner`` is the key of
+    the store or app the command named; ``store_key`` the store's (default:
+    ``owner``). Refuses an LLM whose embedding model is not the store's."""
     llm = store.llm if store.llm is not None else app_llm
     if llm is None:
         raise LLMError(f"no --EMBEDDING given and the vector store has no LLM to embed the {what}")
-    return keys.read_referenced(ctx, llm, LLMModel, "an LLM", owner).provider()
+    embedder = _Embedder(keys.read_referenced(ctx, llm, LLMModel, "an LLM", owner).provider(), llm)
+    _check_model(store, owner if store_key is None else store_key, embedder)
+    return embedder
+
+
+class _Embedder:
+    """An LLM's provider embedding text for a vector store, and the name of its
+    embedding model (``model``, None when the LLM names none), which the
+    store's vectors must share."""
+
+    def __init__(self, provider, llm: bytes):
+        self.provider = provider
+        self.llm = llm
+        name = provider.embedding_model
+        if name and not valid_model_name(name):
+            raise LLMError(f"the LLM at key {shown(llm)} names an embedding model of more than "
+                           f"{MAX_MODEL_NAME_BYTES} bytes")
+        self.model = name or None
+
+    @property
+    def embedding_model(self) -> str:
+        return self.provider.embedding_model
+
+    def embed(self, texts: list[str]) -> list:
+        return self.provider.embed(texts)
+
+    def describe(self) -> str:
+        return f"the LLM at key {shown(self.llm)} embeds with {self.model!r}"
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """The model a client says its --EMBEDDING or --EMBEDDING-BLOB came from."""
+
+    model: str
+
+    def describe(self) -> str:
+        return f"the embedding given is of model {self.model!r}"
+
+
+def _declared(args: Args) -> _Declared | None:
+    return None if args.embedding_model is None else _Declared(args.embedding_model)
+
+
+def _no_declared_model(args: Args) -> None:
+    if args.embedding_model is not None:
+        raise LLMError("option --EMBEDDING-MODEL names the model of --EMBEDDING or --EMBEDDING-BLOB; "
+                       "text is embedded by the store's LLM")
+
+
+def _check_model(store: VectorStore, key: bytes, source) -> None:
+    """Refuse a vector that ``source`` (an _Embedder, a _Declared or None) made
+    with another model than the one whose embeddings the store at ``key``
+    holds: distances between them mean nothing."""
+    recorded = store.other_model(source.model if source is not None else None)
+    if recorded is not None:
+        raise LLMError(f"the vector store at key {shown(key)} holds embeddings of model "
+                       f"{recorded!r}; {source.describe()}")
 
 
 def _text(data: bytes) -> str:
@@ -310,16 +397,24 @@ def _dump_json(value) -> bytes:
 # ---- LLMs -------------------------------------------------------------------
 
 def create_llm(ctx: int, args: Args):
-    model = LLMModel(args.type or "openai", args.params or {}, check_files=not _trusted(ctx))
-    return _create(ctx, args, LLMModel, model, b"llm.create-llm")
+    trusted = _trusted(ctx)
+    # From an older master or AOF file, a left-out field means what it meant
+    # there (legacy); replicas and the AOF get the params in full, defaults
+    # included, so that the meaning of a default never changes under them.
+    model = LLMModel(args.type or "openai", args.params or {}, check_files=not trusted, legacy=trusted)
+    return _create(ctx, args, LLMModel, model, b"llm.create-llm", next(model.aof_commands(args.key)))
 
 
-def _create(ctx: int, args: Args, cls: type, value, event: bytes) -> int:
+def _create(ctx: int, args: Args, cls: type, value, event: bytes,
+            propagate: list[bytes] | None = None) -> int:
     existing = keys.read(ctx, args.key, cls)
     if (args.nx and existing is not None) or (args.xx and existing is None):
         return 0
     keys.write(ctx, args.key, value)
-    keys.replicate_verbatim(ctx)
+    if propagate:
+        keys.replicate(ctx, propagate[0], propagate[1:])
+    else:
+        keys.replicate_verbatim(ctx)
     keys.notify(ctx, event, args.key)
     return 1
 
@@ -369,7 +464,7 @@ def run(ctx: int, args: Args):
         # A chat app writes its summaries into its store.
         store = keys.read_referenced(ctx, app.store, VectorStore, "a vector store", args.key,
                                      write=app.kind == "chat")
-        embedder = _embedder(ctx, store, args.key, app.llm, "question")
+        embedder = _embedder(ctx, store, args.key, app.llm, "question", store_key=app.store)
         embed_model = embedder.embedding_model
         if text is None:
             raise LLMError(f"a {app.kind} app needs an input")
@@ -429,6 +524,9 @@ def _recorded(app: App, args: Args, record: dict | None, job):
                 served_from=outcome.served_from)
             if outcome.served_from == "review":
                 metrics.records.add(served=1)
+                changes["served_review"] = outcome.review["id"]
+            if outcome.embed_model:
+                changes["embed_model"] = outcome.embed_model
             if app.kind == "search":
                 changes["matches"] = [
                     {"id": item_id, "distance": float(distance),
@@ -456,15 +554,18 @@ def _fail_orphans(ctx: int, key: bytes, app: App) -> None:
                                      "updated_at": now_ms()})
 
 
-def _save_record(ctx: int, key: bytes, app: App, record: dict, vector=None) -> None:
+def _save_record(ctx: int, key: bytes, app: App, record: dict, vector=None,
+                 question_vectors: dict | None = None) -> None:
     # What RDB loading, RESTORE and replicas will check, checked here first: a
     # record they would refuse must never be stored.
-    app.records.put(check_record(record), vector)
-    keys.replicate(ctx, b"LLM.RESULT-SET", result_set_command(key, record, vector)[1:])
+    app.records.put(check_record(record), vector, question_vectors)
+    keys.replicate(ctx, b"LLM.RESULT-SET",
+                   result_set_command(key, record, vector, question_vectors)[1:])
     keys.notify(ctx, b"llm.result", key)
 
 
-def _update_record(ctx: int, key: bytes, app: App, record: dict, vector=None, **changes) -> bool:
+def _update_record(ctx: int, key: bytes, app: App, record: dict, vector=None,
+                   question_vectors: dict | None = None, **changes) -> bool:
     """Change a record under Redis' lock; False (nothing changed) when the app
     was replaced, deleted, or the record dropped out of its retention meanwhile."""
     if keys.read(ctx, key, App) is not app:
@@ -472,7 +573,8 @@ def _update_record(ctx: int, key: bytes, app: App, record: dict, vector=None, **
     current = app.records.get(record["id"])
     if current is None:
         return False
-    _save_record(ctx, key, app, {**current, **changes, "updated_at": now_ms()}, vector)
+    _save_record(ctx, key, app, {**current, **changes, "updated_at": now_ms()}, vector,
+                 question_vectors)
     return True
 
 
@@ -486,6 +588,8 @@ class _Outcome:
     items: list = field(default_factory=list)
     vector: object = None
     served_from: str = "llm"
+    review: dict | None = None  # the record whose review was served
+    embed_model: str | None = None  # the model that embedded ``vector``
 
 
 def _simple_job(app: App, provider, text: str | None, variables: dict, args: Args):
@@ -498,19 +602,19 @@ def _simple_job(app: App, provider, text: str | None, variables: dict, args: Arg
         question = text or prompt
         vector = None
         if app.records.limit:
-            found, serves = locked(lambda ctx: app.records.serve_lookup(question, None))
-            if not found and serves:
+            found = _find_reviews(locked, app, question, None, None, _serve(app))
+            if not found and locked(lambda ctx: app.records.has_reviews(_serve(app))):
                 try:  # a close question may match, if the LLM can embed
                     vector = provider.embed([question])[0]
                 except LLMError:
                     vector = None
                 if vector is not None:
-                    found, _ = locked(lambda ctx: app.records.serve_lookup(question, vector))
+                    found = _find_reviews(locked, app, question, vector, provider, _serve(app))
             if found:
-                return _Outcome(_reviewed_answer(found), prompt, question, vector=vector,
-                                served_from="review")
+                return _served(found[0], prompt, question, vector, provider)
         completion = provider.chat([{"role": "user", "content": prompt}], args.params)
-        return _Outcome(completion, prompt, question, vector=vector)
+        return _Outcome(completion, prompt, question, vector=vector,
+                        embed_model=provider.embedding_model if vector is not None else None)
     return job
 
 
@@ -518,22 +622,50 @@ def _serve(app: App) -> float:
     return app.records.review["serve_score"]
 
 
-def _reviewed_answer(record: dict) -> Completion:
-    return Completion(record["reviewed_answer"], "review")
+def _find_reviews(locked, app: App, question: str, vector, embedder, low: float,
+                  high: float = 101, first: bool = True) -> list[dict]:
+    """The reviews in the score range [low, high) that answer ``question``
+    (nearest first; only the nearest with ``first``): exact matches, and
+    matches within the app's distance that pass the guard. The guard's
+    embeddings run here, on the worker, outside Redis' lock."""
+    model = embedder.embedding_model if embedder is not None else None
+    found = locked(lambda ctx: app.records.candidates(question, vector, model, low, high))
+    settings = app.records.review
+    out = []
+    for candidate in found:
+        if not candidate.exact and settings["guard"]:
+            try:
+                refused = review_match.mismatch(question, candidate.question, embedder.embed,
+                                                settings["guard_similarity"])
+            except LLMError as exc:
+                refused = f"the guard could not embed ({exc})"
+            if refused:
+                continue
+        out.append(candidate.record)
+        if first:
+            break
+    return out
+
+
+def _served(record: dict, prompt: str, question: str, vector, embedder) -> _Outcome:
+    """A run answered by a review."""
+    return _Outcome(Completion(record["reviewed_answer"], "review"), prompt, question,
+                    vector=vector, served_from="review", review=record,
+                    embed_model=embedder.embedding_model if vector is not None else None)
 
 
 def _search_job(app: App, provider, embedder, question: str, variables: dict, args: Args):
     def job(locked):
         app.template.render({**variables, "context": "", "question": question})  # fail early
         vector = embedder.embed([question])[0]
+        experts = []
         if app.records.limit:
-            found, _ = locked(lambda ctx: app.records.serve_lookup(question, vector))
+            found = _find_reviews(locked, app, question, vector, embedder, _serve(app))
             if found:
-                return _Outcome(_reviewed_answer(found), "", question, vector=vector,
-                                served_from="review")
-        items = locked(lambda ctx: _nearest(ctx, app.store, vector, app.k, None))
-        experts = locked(lambda ctx: app.records.matching_reviews(
-            question, vector, app.records.review["context_score"], _serve(app)))
+                return _served(found[0], "", question, vector, embedder)
+            experts = _find_reviews(locked, app, question, vector, embedder,
+                                    app.records.review["context_score"], _serve(app), first=False)
+        items = locked(lambda ctx: _nearest(ctx, app.store, vector, app.k, None, embedder))
         context = "\n\n".join(
             [_expert_item(record) for record in experts] +
             [_context_item(data, meta) for _, _, data, meta in items])
@@ -562,7 +694,7 @@ def _chat_job(app: App, provider, embedder, text: str, variables: dict, args: Ar
         if history["summary_cnt"] and history["summary_ctx_cnt"] and session.summaries:
             vector = embedder.embed([text])[0]
             summaries = locked(lambda ctx: _nearest(ctx, app.store, vector,
-                                                    history["summary_ctx_cnt"], where))
+                                                    history["summary_ctx_cnt"], where, embedder))
         system = app.template.render({**variables,
                                       "history": "\n".join(_text(data) for _, _, data, _ in summaries)})
         messages = [{"role": "system", "content": system}] if system else []
@@ -605,7 +737,7 @@ def _summarise(locked, key: bytes, app: App, provider, embedder, sid: bytes, mes
         summary_args = Args()
         summary_args.key, summary_args.id, summary_args.meta = app.store, None, meta
         summary_args.data = summary.encode()
-        _add_item(ctx, store, summary_args, vector)
+        _add_item(ctx, store, summary_args, vector, embedder)
         if keys.read(ctx, key, App) is app:
             session = app.session(sid)
             session = app.log_messages(sid, [], max(0, session.unsummarised - len(messages)),
@@ -614,10 +746,12 @@ def _summarise(locked, key: bytes, app: App, provider, embedder, sid: bytes, mes
     locked(store_summary)
 
 
-def _nearest(ctx: int, store_key: bytes, vector, k: int, where: dict | None) -> list:
+def _nearest(ctx: int, store_key: bytes, vector, k: int, where: dict | None, embedder) -> list:
+    """The k items of the store nearest to ``vector``, which ``embedder`` made."""
     store = keys.read_referenced(ctx, store_key, VectorStore, "a vector store")
     if not len(store):
         return []
+    _check_model(store, store_key, embedder)
     out = []
     for item_id, distance in store.knn(vector, k, where=where):
         data, meta = store.item(item_id)
@@ -642,7 +776,8 @@ def _answer(outcome: _Outcome, args: Args, record: dict | None):
             b"model", completion.model.encode(), b"prompt_tokens", completion.prompt_tokens,
             b"completion_tokens", completion.completion_tokens,
             b"served_from", outcome.served_from.encode(),
-            b"record", record["id"] if record is not None else None]
+            b"record", record["id"] if record is not None else None,
+            b"served_review", outcome.review["id"] if outcome.review is not None else None]
 
 
 # ---- records and reviews ----------------------------------------------------
@@ -680,34 +815,62 @@ def review(ctx: int, args: Args):
         raise LLMError(f"no result {args.id} in app {shown(args.key)}")
     if record["state"] != "done":
         raise LLMError(f"result {args.id} is {record['state']}; only done results can be reviewed")
-    _fail_orphans(ctx, args.key, app)
     changes = {"reviewed_answer": _text(args.answer), "reviewed_score": args.score,
                "reviewed_notes": None if args.notes is None else _text(args.notes),
                "reviewer": keys.current_user(ctx).decode("utf-8", "replace")}
-    needs_vector = (app.kind == "app" and args.score >= _serve(app) and
-                    args.id not in app.records.vectors and record.get("question"))
-    if needs_vector and not keys.context_flags(ctx) & _CTX_NO_BLOCKING:
-        # A served answer should also match close questions: embed this one
-        # (a worker; the reviewer waits). Without an embedding it still
-        # matches identical questions.
-        provider = keys.read_referenced(ctx, app.llm, LLMModel, "an LLM", args.key).provider()
+    # --ALSO / --NEVER replace the lists they are given for; lists not given
+    # are kept, so a re-review never drops a reviewer's guards unasked.
+    for name, values in (("also", args.also), ("never", args.never)):
+        questions = guard_questions(values, f"--{name.upper()}")
+        if questions is not None:
+            changes[name] = questions
+    reviewed = check_record({**record, **changes})  # refused before anything changes
+    _fail_orphans(ctx, args.key, app)
+    known = app.records.question_vectors.get(args.id, {})
+    texts = [text for text in (reviewed.get("also") or []) + (reviewed.get("never") or [])
+             if text not in known]
+    needs_vector = (args.score >= _serve(app) and args.id not in app.records.vectors and
+                    bool(record.get("question")))
+    if (needs_vector or texts) and not keys.context_flags(ctx) & _CTX_NO_BLOCKING:
+        # Served answers should also match close questions, and --ALSO and
+        # --NEVER questions close ones too: embed them (a worker; the
+        # reviewer waits). Without embeddings they match identical questions.
+        embedder = _review_embedder(ctx, app, args.key)
 
         def job(locked):
+            wanted = ([record["question"]] if needs_vector else []) + texts
             try:
-                vector = provider.embed([record["question"]])[0]
+                vectors = embedder.embed(wanted)
             except LLMError as exc:
-                keys.log("warning", f"app {shown(args.key)}: cannot embed a reviewed question: {exc}")
-                vector = None
-            if not locked(lambda ctx: _update_record(ctx, args.key, app, record, vector, **changes)):
+                keys.log("warning", f"app {shown(args.key)}: cannot embed reviewed questions: {exc}")
+                vectors = None
+            vector, extra, embedded = None, {}, {}
+            if vectors is not None:
+                vector = vectors[0] if needs_vector else None
+                extra = dict(zip(texts, vectors[1:] if needs_vector else vectors))
+                if not record.get("embed_model"):
+                    embedded = {"embed_model": embedder.embedding_model}
+            if not locked(lambda ctx: _update_record(ctx, args.key, app, record, vector,
+                                                     question_vectors={**known, **extra},
+                                                     **changes, **embedded)):
                 raise LLMError(f"the app at key {shown(args.key)} or its result {args.id} changed "
                                "while the review was stored; review again")
             metrics.records.add(reviewed=1)
             return 1
         pool.workers.run(ctx, job)
         return keys.BLOCKED
-    _save_record(ctx, args.key, app, {**record, **changes, "updated_at": now_ms()})
+    _save_record(ctx, args.key, app, {**reviewed, "updated_at": now_ms()})
     metrics.records.add(reviewed=1)
     return 1
+
+
+def _review_embedder(ctx: int, app: App, key: bytes):
+    """The provider that embeds an app's questions: the app's LLM, or for a
+    search or chat app the embedder of its store (see _embedder)."""
+    if app.kind == "app":
+        return keys.read_referenced(ctx, app.llm, LLMModel, "an LLM", key).provider()
+    store = keys.read_referenced(ctx, app.store, VectorStore, "a vector store", key)
+    return _embedder(ctx, store, key, app.llm, "question", store_key=app.store)
 
 
 def record_result(ctx: int, args: Args):
@@ -737,9 +900,12 @@ def result_set(ctx: int, args: Args):
             raise ValueError
         vector = payload.pop("vector", None)
         vector = None if vector is None else decode_vector(vector)
+        question_vectors = payload.pop("question_vectors", None)
+        if question_vectors is not None:
+            question_vectors = decode_vectors(question_vectors)
     except (ValueError, TypeError):
         raise LLMError("the record must be a JSON object") from None
-    app.records.put(check_record(payload), vector)
+    app.records.put(check_record(payload), vector, question_vectors)
     keys.replicate_verbatim(ctx)
     keys.notify(ctx, b"llm.result", args.key)
     return 1
@@ -853,7 +1019,8 @@ def debug(ctx: int, args: Args):
 
 # ---- the table --------------------------------------------------------------
 
-_EMBEDDING = (Option("--EMBEDDING", embedding_text), Option("--EMBEDDING-BLOB", embedding_blob))
+_EMBEDDING = (Option("--EMBEDDING", embedding_text), Option("--EMBEDDING-BLOB", embedding_blob),
+              Option("--EMBEDDING-MODEL", model_name))
 _KEY = (("key", None),)
 _KEY_ID = (("key", None), ("id", uint64))
 
@@ -911,8 +1078,11 @@ COMMANDS = [
             "Recorded results of an app matching filters, newest first", complexity="O(N)"),
     Command("LLM.REVIEW", review, "write deny-oom", -7, (KeySpec(KEY_RW | KEY_UPDATE),),
             Syntax(_KEY_ID, [Option("--ANSWER", text_bytes, required=True),
-                             Option("--SCORE", _SCORE, required=True), Option("--NOTES", text_bytes)]),
-            "Review a result: the expert's answer and a 0-100 confidence score"),
+                             Option("--SCORE", _SCORE, required=True), Option("--NOTES", text_bytes),
+                             Option("--ALSO", text_bytes, repeat=True),
+                             Option("--NEVER", text_bytes, repeat=True)]),
+            "Review a result: the expert's answer, a 0-100 confidence score, and the questions "
+            "it also answers (--ALSO) or must never be served for (--NEVER)"),
     Command("LLM.RECORD", record_result, "write deny-oom", -6, (KeySpec(KEY_RW | KEY_INSERT),),
             Syntax(_KEY, [Option("--QUESTION", text_bytes, required=True),
                           Option("--ANSWER", text_bytes, required=True), Option("--MODEL", bytes),

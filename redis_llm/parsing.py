@@ -3,7 +3,8 @@
 Each command declares its syntax once: positional arguments, ``--OPTION``
 flags and valued options, and an optional trailing argument (the data or the
 query). Option names are case-insensitive, each may be given once, and an
-unknown, repeated or incomplete option is an ``ERR`` reply.
+unknown, repeated or incomplete option is an ``ERR`` reply; the few options
+declared ``repeat`` may be given several times and collect a list.
 """
 
 import json
@@ -27,6 +28,7 @@ MAX_VARS_BYTES = 4 << 20      # LLM.RUN --VARS, as compact JSON
 MAX_DIM = 65_536              # numbers in an embedding
 MAX_DATA_BYTES = 16 << 20     # an item's data (LLM.ADD)
 MAX_TEXT_BYTES = 4 << 20      # a run's input, a query, a recorded or reviewed question or answer
+MAX_MODEL_NAME_BYTES = 1024   # an embedding model's name (--EMBEDDING-MODEL, a store's record of it)
 # Nesting levels of a whole record (LLM.RESULT-SET): its vars and meta nest
 # MAX_JSON_DEPTH levels inside it, and the matches' page values a few more.
 MAX_RECORD_DEPTH = 2 * MAX_JSON_DEPTH
@@ -42,12 +44,15 @@ def shown(arg: bytes, limit: int = 40) -> str:
 
 
 class Option:
-    """``--NAME`` on its own (a flag, when ``convert`` is None) or followed by a value."""
+    """``--NAME`` on its own (a flag, when ``convert`` is None) or followed by a
+    value. A ``repeat`` option may be given several times: its value is the
+    list of the values given, in order (None when not given)."""
 
     def __init__(self, name: str, convert: Converter | None = None, default: Any = None,
-                 required: bool = False):
+                 required: bool = False, repeat: bool = False):
         self.name = name.upper()
         self.required = required
+        self.repeat = repeat
         self.attr = name.lstrip("-").lower().replace("-", "_")
         self.convert = convert
         self.default = False if convert is None else default
@@ -122,7 +127,7 @@ class Syntax:
                 if word.startswith(b"--"):
                     raise LLMError(f"unknown option {shown(word)}")
                 raise LLMError(f"syntax error at {shown(word)}")
-            if option.name in seen:
+            if option.name in seen and not option.repeat:
                 raise LLMError(f"option {option.name} given more than once")
             seen.append(option.name)
             if option.convert is None:
@@ -131,7 +136,10 @@ class Syntax:
             else:
                 if i + 1 >= end:
                     raise LLMError(f"option {option.name} needs a value")
-                setattr(parsed, option.attr, convert_value(option.name, option.convert, args[i + 1]))
+                value = convert_value(option.name, option.convert, args[i + 1])
+                if option.repeat:
+                    value = [*(getattr(parsed, option.attr) or ()), value]
+                setattr(parsed, option.attr, value)
                 i += 2
         for group in self.exclusive:
             given = [name for name in group if name in seen]
@@ -245,6 +253,17 @@ def max_bytes(limit: int) -> Converter:
 
 data_bytes = max_bytes(MAX_DATA_BYTES)    # an item's data
 text_bytes = max_bytes(MAX_TEXT_BYTES)    # a run's input, a query, a question, an answer
+
+
+def model_name(arg: bytes) -> str:
+    """An embedding model's name (--EMBEDDING-MODEL): 1 to MAX_MODEL_NAME_BYTES
+    bytes of UTF-8."""
+    if not arg or len(arg) > MAX_MODEL_NAME_BYTES:
+        raise ValueError(f"must be 1 to {MAX_MODEL_NAME_BYTES} bytes, got {len(arg)}")
+    try:
+        return arg.decode()
+    except UnicodeDecodeError:
+        raise ValueError("must be UTF-8 text") from None
 
 
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?')

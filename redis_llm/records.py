@@ -13,26 +13,37 @@ from __future__ import annotations
 import base64
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from redis_llm.errors import LLMError
 from redis_llm.parsing import MAX_DIM
+from redis_llm.review_match import normalize
 
 FIELDS = ("id", "app", "state", "question", "vars", "answer", "error", "model", "embed_model",
           "latency_ms", "prompt_tokens", "completion_tokens", "matches", "match_source",
           "match_page", "session", "tags", "meta", "created_at", "updated_at", "reviewed_answer",
-          "reviewed_score", "reviewed_notes", "reviewer", "served_from")
+          "reviewed_score", "reviewed_notes", "reviewer", "served_from", "served_review", "also",
+          "never")
 STATES = ("pending", "running", "done", "failed")
 # The seed's confidence bands, lowest first: (name, lowest score).
 BANDS = (("not confident", 0), ("somewhat confident", 65), ("confident", 80),
          ("a known fact", 95))
 DEFAULT_LIMIT = 10000
-DEFAULT_REVIEW = {"serve_score": 95, "context_score": 80, "distance": 0.1}
-_JSON_FIELDS = {"vars", "matches", "meta"}
+# distance: the cosine distance within which a reviewed question may match a
+# new one; guard: whether such a match must also pass review_match.mismatch,
+# whose embedding check needs guard_similarity. BENCHMARKS.md, "Answer
+# quality", has the measurements these defaults come from.
+DEFAULT_REVIEW = {"serve_score": 95, "context_score": 80, "distance": 0.4, "guard": True,
+                  "guard_similarity": 0.6}
+_REVIEW_RANGES = {"serve_score": 100, "context_score": 100, "distance": 2.0, "guard_similarity": 1.0}
+MAX_GUARD_QUESTIONS = 32  # --ALSO and --NEVER questions of one review, together
+_JSON_FIELDS = {"vars", "matches", "meta", "also", "never"}
 _FIELD_TYPES = {"id": int, "latency_ms": int, "prompt_tokens": int, "completion_tokens": int,
                 "created_at": int, "updated_at": int, "match_page": object, "vars": object,
-                "matches": object, "meta": object, "tags": list, "reviewed_score": float}
+                "matches": object, "meta": object, "tags": list, "reviewed_score": float,
+                "served_review": int, "also": list, "never": list}
 
 
 def now_ms() -> int:
@@ -49,9 +60,14 @@ def review_settings(given: dict | None) -> dict:
     for name, value in (given or {}).items():
         if name not in settings:
             raise LLMError(f"unknown --REVIEW field {name!r}; known: {', '.join(DEFAULT_REVIEW)}")
+        if name == "guard":
+            if not isinstance(value, bool):
+                raise LLMError("--REVIEW field 'guard' must be true or false")
+            settings[name] = value
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise LLMError(f"--REVIEW field {name!r} must be a number")
-        high = 2.0 if name == "distance" else 100
+        high = _REVIEW_RANGES[name]
         if not 0 <= value <= high:
             raise LLMError(f"--REVIEW field {name!r} must be from 0 to {high:g}")
         settings[name] = value
@@ -70,6 +86,9 @@ class Records:
         self.next_id = 1
         self.items: dict[int, dict] = {}
         self.vectors: dict[int, np.ndarray] = {}
+        # The embeddings of a review's --ALSO and --NEVER questions, by record
+        # id and question text.
+        self.question_vectors: dict[int, dict[str, np.ndarray]] = {}
         # The reviewed records, by id: what runs match questions against,
         # without scanning every record under Redis' lock.
         self._reviewed: dict[int, dict] = {}
@@ -90,13 +109,22 @@ class Records:
         self.next_id += 1
         return record
 
-    def put(self, record: dict, vector: np.ndarray | None = None) -> None:
-        """Store (or replace) a record; the oldest go beyond the limit."""
+    def put(self, record: dict, vector: np.ndarray | None = None,
+            question_vectors: dict | None = None) -> None:
+        """Store (or replace) a record; the oldest go beyond the limit.
+        ``question_vectors`` embeds the review's --ALSO and --NEVER questions
+        (by text); without it, those already known for the record are kept."""
         if vector is not None:
-            vector = np.asarray(vector, dtype=np.float32)
-            if vector.ndim != 1 or not 0 < vector.size <= MAX_DIM:
-                raise LLMError(f"a record's question embedding must have 1 to {MAX_DIM} numbers")
+            vector = _checked_vector(vector)
         rid = record["id"]
+        texts = {*(record.get("also") or ()), *(record.get("never") or ())}
+        known = self.question_vectors.get(rid, {}) if question_vectors is None else \
+            {text: _checked_vector(v) for text, v in question_vectors.items()}
+        known = {text: v for text, v in known.items() if text in texts}
+        if known:
+            self.question_vectors[rid] = known
+        else:
+            self.question_vectors.pop(rid, None)
         self.items[rid] = record
         if record.get("reviewed_score") is not None:
             self._reviewed[rid] = record
@@ -114,6 +142,7 @@ class Records:
             oldest = next(iter(self.items))
             del self.items[oldest]
             self.vectors.pop(oldest, None)
+            self.question_vectors.pop(oldest, None)
             self._reviewed.pop(oldest, None)
             self._unfinished.discard(oldest)
 
@@ -157,26 +186,47 @@ class Records:
     def reviewed(self, low: float, high: float = 101) -> list[dict]:
         return [r for r in self._reviewed.values() if low <= r["reviewed_score"] < high]
 
-    def serve_lookup(self, question: str, vector) -> tuple[dict | None, bool]:
-        """The serve-band review answering this question (or None), and
-        whether the app has any serve-band review at all."""
-        low = self.review["serve_score"]
-        found = self.matching_reviews(question, vector, low)
-        return (found[0] if found else None), bool(found) or bool(self.reviewed(low))
-
-    def matching_reviews(self, question: str, vector, low: float, high: float = 101) -> list[dict]:
-        """Reviewed records in the score range [low, high) whose question is
-        this one, or whose question's embedding lies within the distance
-        threshold of ``vector`` (cosine distance), nearest first."""
+    def candidates(self, question: str, vector, embed_model: str | None, low: float,
+                   high: float = 101) -> list[Candidate]:
+        """Reviews in the score range [low, high) that may answer this
+        question, nearest first: those whose question or one of whose --ALSO
+        questions is this one (exact, ignoring case and punctuation), and,
+        given its embedding, those whose questions lie within the distance
+        threshold. A review is left out when the question is one of its
+        --NEVER questions, or is at least as close to one of them as to its
+        own questions. Embeddings are compared only when they come from the
+        same model (``embed_model``; records of earlier versions name none).
+        Non-exact candidates must still pass the guard (see review_match)."""
+        asked = normalize(question)
         found = []
         for record in self.reviewed(low, high):
-            if record.get("question") == question:
-                found.append((0.0, record["id"], record))
-            elif vector is not None and record["id"] in self.vectors:
-                distance = _cosine_distance(vector, self.vectors[record["id"]])
-                if distance <= self.review["distance"]:
-                    found.append((distance, record["id"], record))
-        return [record for _, _, record in sorted(found, key=lambda f: (f[0], -f[1]))]
+            rid = record["id"]
+            never = record.get("never") or ()
+            if any(normalize(text) == asked for text in never):
+                continue
+            own = [record.get("question") or "", *(record.get("also") or ())]
+            exact = next((text for text in own if normalize(text) == asked), None)
+            if exact is not None:
+                found.append(Candidate(record, exact, 0.0, True))
+                continue
+            if vector is None or not _same_model(record.get("embed_model"), embed_model):
+                continue
+            extra = self.question_vectors.get(rid, {})
+            vectors = [(own[0], self.vectors.get(rid))] + [(text, extra.get(text)) for text in own[1:]]
+            near = [(_cosine_distance(vector, v), text) for text, v in vectors if v is not None]
+            if not near:
+                continue
+            distance, text = min(near)
+            if distance > self.review["distance"]:
+                continue
+            if any(_cosine_distance(vector, extra[text]) <= distance for text in never if text in extra):
+                continue
+            found.append(Candidate(record, text, distance, False))
+        return sorted(found, key=lambda c: (c.distance, -c.record["id"]))
+
+    def has_reviews(self, low: float) -> bool:
+        """Whether any review scores ``low`` or more."""
+        return any(r["reviewed_score"] >= low for r in self._reviewed.values())
 
     def stats(self, interval: int | None = None) -> list:
         """LLM.STATS: counts by state and band, the mean score, per-model
@@ -224,7 +274,9 @@ class Records:
     def state(self) -> dict:
         return {"limit": self.limit, "review": self.review, "next_id": self.next_id,
                 "items": list(self.items.values()),
-                "vectors": {str(rid): encode_vector(v) for rid, v in self.vectors.items()}}
+                "vectors": {str(rid): encode_vector(v) for rid, v in self.vectors.items()},
+                "question_vectors": {str(rid): encode_vectors(texts)
+                                     for rid, texts in self.question_vectors.items()}}
 
     @classmethod
     def from_state(cls, state: dict) -> Records:
@@ -235,6 +287,11 @@ class Records:
             records.put(check_record(record))
         for rid, text in state["vectors"].items():
             records.vectors[int(rid)] = decode_vector(text)
+        # Earlier versions kept no --ALSO/--NEVER questions.
+        for rid, texts in state.get("question_vectors", {}).items():
+            record = records.items.get(int(rid))
+            if record is not None:
+                records.put(record, None, decode_vectors(texts))
         if not _count(state["next_id"]) or state["next_id"] < records.next_id:
             raise ValueError("bad record counter")
         records.next_id = state["next_id"]
@@ -273,9 +330,11 @@ def check_record(record) -> dict:
             raise LLMError(f"not a valid record: {name}")
         if kind is str and not isinstance(value, str):
             raise LLMError(f"not a valid record: {name}")
-        if name == "tags" and (not isinstance(value, list) or
-                               not all(isinstance(t, str) for t in value)):
-            raise LLMError("not a valid record: tags")
+        if kind is list and (not isinstance(value, list) or
+                             not all(isinstance(t, str) for t in value)):
+            raise LLMError(f"not a valid record: {name}")
+    if len(record.get("also") or ()) + len(record.get("never") or ()) > MAX_GUARD_QUESTIONS:
+        raise LLMError(f"a review takes at most {MAX_GUARD_QUESTIONS} --ALSO and --NEVER questions")
     score = record.get("reviewed_score")
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
                               or not 0 <= score <= 100):
@@ -303,6 +362,53 @@ def reply(record: dict) -> list[bytes]:
             text = str(value).encode()
         out += [name.encode(), text]
     return out
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A review that may answer a question: its record, which of its
+    questions matched (the question or an --ALSO one), how far, and whether
+    exactly."""
+
+    record: dict
+    question: str
+    distance: float
+    exact: bool
+
+
+def guard_questions(values: list[bytes] | None, what: str) -> list[str] | None:
+    """The --ALSO or --NEVER questions of LLM.REVIEW, as text; one empty
+    value clears the list."""
+    if values is None:
+        return None
+    texts = [value.decode("utf-8", "replace") for value in values]
+    if texts == [""]:
+        return []
+    if not all(text.strip() for text in texts):
+        raise LLMError(f"{what} questions must not be empty (a single {what} '' clears the list)")
+    return list(dict.fromkeys(texts))
+
+
+def encode_vectors(vectors: dict[str, np.ndarray]) -> dict[str, str]:
+    return {text: encode_vector(v) for text, v in vectors.items()}
+
+
+def decode_vectors(encoded) -> dict[str, np.ndarray]:
+    if not isinstance(encoded, dict) or not all(isinstance(t, str) for t in encoded):
+        raise ValueError("bad question vectors")
+    return {text: decode_vector(v) for text, v in encoded.items()}
+
+
+def _checked_vector(vector) -> np.ndarray:
+    vector = np.asarray(vector, dtype=np.float32)
+    if vector.ndim != 1 or not 0 < vector.size <= MAX_DIM:
+        raise LLMError(f"a record's question embedding must have 1 to {MAX_DIM} numbers")
+    return vector
+
+
+def _same_model(recorded: str | None, current: str | None) -> bool:
+    # Records of earlier versions, and agents' LLM.RECORD, name no model.
+    return not recorded or not current or recorded == current
 
 
 def encode_vector(vector: np.ndarray) -> str:

@@ -22,9 +22,11 @@ import hnswlib
 import numpy as np
 
 from redis_llm.errors import LLMError
-from redis_llm.parsing import MAX_DATA_BYTES, MAX_DIM
+from redis_llm.parsing import MAX_DATA_BYTES, MAX_DIM, MAX_MODEL_NAME_BYTES
 
-ENCODING_VERSION = 1          # RDB encoding version of this type
+# RDB encoding version of this type. 2: params may hold embedding_model; 1
+# (still read) had no such field, its stores' model is unknown.
+ENCODING_VERSION = 2
 DEFAULT_EF = 64               # query breadth when neither the store nor the query sets one
 MAX_ID = 2**64 - 1
 _SEED = 100                   # hnswlib's default: graphs built from the same adds are identical
@@ -92,6 +94,11 @@ class StoreParams:
     dim: int = 0                  # 0: fixed by the first vector added
     metric: str = "l2"            # l2 (squared), ip (1 - dot), cosine (1 - cos)
     ef: int = DEFAULT_EF          # default query breadth
+    # The name of the model whose embeddings the store holds (the provider's
+    # embedding_model); None: unknown until an LLM embeds into the store, or
+    # an add declares it (--EMBEDDING-MODEL). Text embedded by another model
+    # is refused: its vectors cannot be compared with these.
+    embedding_model: str | None = None
 
     @classmethod
     def from_json(cls, obj, limits: bool = True) -> StoreParams:
@@ -109,6 +116,11 @@ class StoreParams:
                 if not isinstance(value, str) or value.lower() not in _METRICS:
                     raise LLMError("vector store parameter 'metric' must be one of l2, ip, cosine")
                 values[name] = value.lower()
+            elif name == "embedding_model":
+                if value is not None and not valid_model_name(value):
+                    raise LLMError("vector store parameter 'embedding_model' must be a string of "
+                                   f"1 to {MAX_MODEL_NAME_BYTES} bytes of UTF-8")
+                values[name] = value
             elif name in _INT_PARAMS:
                 low, high = _INT_PARAMS[name]
                 if type(value) is not int or not low <= value <= high:
@@ -146,8 +158,22 @@ class StoreParams:
         return max(1, min(MAX_CAPACITY, MAX_RESERVED_BYTES // per_slot))
 
     def to_json(self) -> dict:
-        """The parameters as a JSON object that from_json accepts."""
-        return asdict(self)
+        """The parameters as a JSON object that from_json accepts. An unknown
+        embedding model is left out: such a store is written as before it existed."""
+        params = asdict(self)
+        if params["embedding_model"] is None:
+            del params["embedding_model"]
+        return params
+
+
+def valid_model_name(name) -> bool:
+    """Whether ``name`` can be a store's embedding model: what --EMBEDDING-MODEL accepts."""
+    if type(name) is not str or not name:
+        return False
+    try:
+        return len(name.encode()) <= MAX_MODEL_NAME_BYTES
+    except UnicodeEncodeError:      # a lone surrogate
+        return False
 
 
 class VectorStore:
@@ -189,20 +215,40 @@ class VectorStore:
         """The vectors' dimension; 0 until the first add fixes it."""
         return self.params.dim
 
+    @property
+    def embedding_model(self) -> str | None:
+        """The name of the model whose embeddings the store holds; None if unknown."""
+        return self.params.embedding_model
+
+    def other_model(self, model: str | None) -> str | None:
+        """The store's embedding model if ``model`` (None: unknown) is known and
+        another one: a vector of ``model`` cannot be compared with the store's."""
+        recorded = self.params.embedding_model
+        return recorded if model is not None and recorded is not None and model != recorded else None
+
     def __len__(self) -> int:
         return len(self._data)
 
     # ---- items -------------------------------------------------------------
 
     def add(self, vector: np.ndarray, data: bytes, meta: dict | None = None,
-            id: int | None = None) -> int:
+            id: int | None = None, model: str | None = None) -> int:
         """Add an item, or replace every part of the live item with this id; return the id.
 
         ``vector`` is 1-D float32, finite and non-empty. Without ``id`` the
-        item gets peek_id(). Raises LLMError, changing nothing, when the
-        dimension does not match the store's.
+        item gets peek_id(). ``model``: the embedding model the vector came
+        from, if known; a store that knows none records it. Raises LLMError,
+        changing nothing, when the dimension does not match the store's, or
+        the model is another than the store's (callers check other_model()
+        first, to name the key in the error).
         """
         self._check_dim(vector)
+        if model is not None and not valid_model_name(model):
+            raise LLMError(f"an embedding model name must be 1 to {MAX_MODEL_NAME_BYTES} bytes of UTF-8")
+        recorded = self.other_model(model)
+        if recorded is not None:
+            raise LLMError(f"the vector store holds embeddings of model {recorded!r}, "
+                           f"not of {model!r}")
         if len(data) > MAX_DATA_BYTES:
             # Given data is checked when parsed; this is a chat summary's.
             raise LLMError(f"data must be at most {MAX_DATA_BYTES} bytes, got {len(data)} bytes")
@@ -238,6 +284,8 @@ class VectorStore:
             self._meta_bytes += _meta_size(meta)
         if takes_next:
             self._next_id = self._free_from = id + 1
+        if model is not None:
+            self.params.embedding_model = model
         return id
 
     def _insert(self, index: hnswlib.Index, vector: np.ndarray, id: int) -> None:
@@ -418,9 +466,10 @@ class VectorStore:
     def dump(self) -> list:
         """The store as bytes-like chunks for RDB; chunk 0 is type_tag.
 
-        0 tag, 1 JSON header (params, llm?, next id, counts, the hnswlib
-        state's scalars), 2 llm, 3 ids (u64), 4 data offsets (u64, one more
-        than ids), 5 data blob, 6 ids with meta (u64), 7 their metas (a JSON
+        0 tag, 1 JSON header (params, with the embedding model when known
+        since encoding version 2, llm?, next id, counts, the hnswlib state's
+        scalars), 2 llm, 3 ids (u64), 4 data offsets (u64, one more than
+        ids), 5 data blob, 6 ids with meta (u64), 7 their metas (a JSON
         array), then, once the index exists, its state arrays in
         _INDEX_ARRAYS order: the graph is saved, not rebuilt on load.
         """
@@ -473,6 +522,8 @@ class VectorStore:
             params = StoreParams.from_json(header["params"], limits=False)
         except LLMError as exc:
             raise ValueError(f"corrupt vector store: {exc.args[0]}") from None
+        # Version 1 knew no embedding model: its stores load with none recorded.
+        _check(encver >= 2 or "embedding_model" not in header["params"], "bad params")
         has_llm, next_id = header["llm"], header["next_id"]
         _check(type(has_llm) is bool and (has_llm or not len(chunks[2])), "bad llm")
         _check(type(next_id) is int and 1 <= next_id <= MAX_ID + 1, "bad next id")

@@ -65,10 +65,10 @@ def sent_messages(api: OpenAIServer, index: int = -1) -> list:
 
 def verbose(reply: list) -> dict:
     """An LLM.RUN --VERBOSE reply as a dict (and its keys in order)."""
-    assert len(reply) == 16, reply
+    assert len(reply) == 18, reply
     names = reply[0::2]
     assert names == [b"answer", b"prompt", b"items", b"model", b"prompt_tokens",
-                     b"completion_tokens", b"served_from", b"record"], names
+                     b"completion_tokens", b"served_from", b"record", b"served_review"], names
     return dict(zip((n.decode() for n in names), reply[1::2]))
 
 
@@ -378,7 +378,7 @@ def test_verbose_reply_has_prompt_model_and_the_servers_token_counts(r, api, llm
                      "prompt": b"Say hello to LLM\n\nplease",
                      "items": [], "model": b"gpt-3.5-turbo",
                      "prompt_tokens": 5, "completion_tokens": 6, "served_from": b"llm",
-                     "record": 1}
+                     "record": 1, "served_review": None}
 
 
 def test_verbose_reply_names_the_record_of_the_run_or_nil_without_records(r, api, llm):

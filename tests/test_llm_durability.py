@@ -23,7 +23,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from helpers import wait_for
+from helpers import error_text, wait_for
 from openai_server import OpenAIServer
 from test_durability import (
     aof_files,
@@ -42,12 +42,6 @@ OTHER_LLM = b"llm:\xffother\x00"          # a binary key name
 DOCS = ("Redis is an in-memory data store.", "Paris is the capital of France.",
         "The mitochondria is the powerhouse of the cell.", "ünïcødé text € 日本")
 LLM_TYPE, APP_TYPE, STORE_TYPE = b"llm-model", b"llm-appli", b"llm-store"
-
-
-def error_text(exc: redis.ResponseError) -> str:
-    """The error reply as sent: redis-py strips the codes it knows (ERR)."""
-    code = getattr(exc, "status_code", None)
-    return f"{code} {exc}" if code else str(exc)
 
 
 # ---- the data -------------------------------------------------------------------
@@ -194,8 +188,9 @@ def run_read_only_apps(client: redis.Redis) -> tuple:
     records: the verbose reply's record id is left out)."""
     simple = run(client, b"app:simple", "--VARS", '{"lang": "French"}', "good night")
     search = run(client, b"app:search", "--VERBOSE", "Where is Paris?")
-    assert search[-2] == b"record" and isinstance(search[-1], int), search
-    search = search[:-2]
+    assert search[-4] == b"record" and isinstance(search[-3], int), search
+    assert search[-2:] == [b"served_review", None], search
+    search = search[:-4]
     bare = run(client, b"app:bare", "plain")
     return simple, search, bare
 

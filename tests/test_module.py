@@ -17,18 +17,13 @@ import pytest
 import redis
 
 import redis_llm
+from redis_llm.client_errors import error_text
 from redis_llm.testing import RedisServer
 
 COMMANDS = {"llm.result", "llm.results", "llm.review", "llm.record", "llm.stats", "llm.result-set",
             "llm.create-vector-store", "llm.add", "llm.get", "llm.rem", "llm.size", "llm.knn",
             "llm.create-llm", "llm.create-app", "llm.create-search", "llm.create-chat", "llm.run",
             "llm.chat-log", "llm.history", "llm.list"}
-
-
-def error_text(exc: redis.ResponseError) -> str:
-    """The error reply as sent: redis-py strips the codes it knows (ERR)."""
-    code = getattr(exc, "status_code", None)
-    return f"{code} {exc}" if code else str(exc)
 
 
 def module_list(client) -> list[dict]:
@@ -92,6 +87,18 @@ def test_module_list_shows_llm_with_its_path_and_args(r):
     assert module[b"ver"] == 1
     assert module[b"path"] == redis_llm.module_path().encode()
     assert module[b"args"] == [b"DEBUG_COMMANDS", b"yes"]
+
+
+def test_the_module_name_llm_prefixes_its_info_fields_and_config_names(r):
+    """Why the module is "llm", not the "LLM" of the first README: Redis writes
+    the name, as given, before every INFO field and module config, and
+    monitoring reads those. Looking a module up ignores case, so "LLM" finds it."""
+    info = r.info("llm")
+    assert info and all(name.startswith("llm_") for name in info), info
+    assert "llm_pool_size" in info
+    assert set(r.config_get("llm.*")) == {"llm.pool-size", "llm.queue-size"}
+    assert set(r.info("LLM")) == set(info)
+    assert sorted(r.command_list(module="LLM")) == sorted(r.command_list(module="llm"))
 
 
 def test_cli_module_path_prints_existing_absolute_library_path(tmp_path):

@@ -20,7 +20,7 @@ FIELDS = [b"id", b"app", b"state", b"question", b"vars", b"answer", b"error", b"
           b"embed_model", b"latency_ms", b"prompt_tokens", b"completion_tokens", b"matches",
           b"match_source", b"match_page", b"session", b"tags", b"meta", b"created_at",
           b"updated_at", b"reviewed_answer", b"reviewed_score", b"reviewed_notes", b"reviewer",
-          b"served_from"]
+          b"served_from", b"served_review", b"also", b"never"]
 PROMPT = "Answer: {{input}}"
 
 
@@ -513,10 +513,11 @@ def test_review_at_95_serves_the_same_question_without_a_chat_request(r, api, ki
     n = chat_count(api)
     reply = r.execute_command("LLM.RUN", key, "--VERBOSE", "What is the capital of France?")
     assert reply[1] == b"Paris."
-    assert reply[-4:] == [b"served_from", b"review", b"record", 2]
+    assert reply[-6:] == [b"served_from", b"review", b"record", 2, b"served_review", 1]
     assert chat_count(api) == n
     rec = result(r, key, 2)
     assert rec["state"] == b"done" and rec["answer"] == b"Paris." and rec["served_from"] == b"review"
+    assert rec["served_review"] == b"1"
 
 
 @pytest.mark.parametrize("kind", ["app", "search"])
@@ -535,7 +536,7 @@ def test_review_at_95_does_not_serve_a_far_question_by_default(r, api, kind):
 @pytest.mark.parametrize("kind", ["app", "search"])
 def test_review_at_95_serves_a_different_question_within_the_distance(r, api, kind):
     key = "app" if kind == "app" else "search"
-    review = ("--REVIEW", '{"distance": 2.0}')
+    review = ("--REVIEW", '{"distance": 2.0, "guard": false}')
     (create_app if kind == "app" else create_search)(r, api, key, *review)
     r.execute_command("LLM.RUN", key, "What is the capital of France?")
     r.execute_command("LLM.REVIEW", key, 1, "--ANSWER", "Paris.", "--SCORE", 96)
@@ -546,7 +547,7 @@ def test_review_at_95_serves_a_different_question_within_the_distance(r, api, ki
 
 
 def test_review_inside_multi_is_stored_without_an_embedding_and_serves_identical_questions(r, api):
-    create_app(r, api, "app", "--REVIEW", '{"distance": 2.0}')
+    create_app(r, api, "app", "--REVIEW", '{"distance": 2.0, "guard": false}')
     r.execute_command("LLM.RUN", "app", "What is the capital of France?")
     embeddings = len(api.embedding_requests())
     pipe = r.pipeline(transaction=True)
@@ -712,7 +713,7 @@ def test_result_set_with_wrong_field_types_does_not_break_reads(r, api):
 
 def populate(r, api):
     """A search app with a run, a served run, an agent record, reviews, tags."""
-    create_search(r, api, "search", "--RECORD", 50, "--REVIEW", '{"distance": 2.0}')
+    create_search(r, api, "search", "--RECORD", 50, "--REVIEW", '{"distance": 2.0, "guard": false}')
     r.execute_command("LLM.RUN", "search", "--TAGS", "geo", "Where is Paris?")
     r.execute_command("LLM.REVIEW", "search", 1, "--ANSWER", "In France.", "--SCORE", 99,
                       "--NOTES", "checked")

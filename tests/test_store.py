@@ -514,6 +514,63 @@ def test_restore_rejects_a_newer_encoding_version():
         VectorStore.restore(ENCODING_VERSION + 1, chunks)
 
 
+# ---- the embedding model ------------------------------------------------------
+
+def test_the_store_records_the_model_of_its_vectors_and_refuses_another():
+    store = filled([vec(1, 2)])
+    assert store.embedding_model is None and store.other_model("a") is None
+    store.add(vec(3, 4), b"unknown model")          # no model given: nothing recorded
+    assert store.embedding_model is None
+    with pytest.raises(LLMError, match="dimension"):
+        store.add(vec(1, 2, 3), b"x", model="a")     # refused: nothing recorded
+    assert store.embedding_model is None
+    store.add(vec(5, 6), b"of a", model="a")
+    assert store.embedding_model == "a" and store.params.to_json()["embedding_model"] == "a"
+    assert store.other_model("b") == "a"
+    assert store.other_model("a") is None and store.other_model(None) is None
+    before = store.digest()
+    with pytest.raises(LLMError, match="holds embeddings of model 'a', not of 'b'"):
+        store.add(vec(7, 8), b"of b", model="b")
+    with pytest.raises(LLMError, match="embedding model name must be 1 to 1024 bytes"):
+        store.add(vec(7, 8), b"long", model="m" * 1025)
+    assert store.digest() == before and len(store) == 3
+    # Removing every item keeps it, as it keeps the dimension.
+    for id in list(store._data):
+        store.remove(id)
+    assert store.embedding_model == "a"
+
+
+def test_the_model_is_saved_and_stores_of_encoding_version_1_load_without_one():
+    assert ENCODING_VERSION == 2
+    store, _ = churned_store(n=300, dim=4, llm=None)
+    plain = [bytes(c) for c in store.dump()]
+    assert "embedding_model" not in json.loads(plain[1])["params"]
+    # Version 1 wrote this very layout: it loads, with no model.
+    old = VectorStore.restore(1, plain)
+    assert old.embedding_model is None and old.digest() == store.digest()
+    store.add(vec(1, 2, 3, 4), b"new", model="emb-é")
+    chunks = [bytes(c) for c in store.dump()]
+    assert json.loads(chunks[1])["params"]["embedding_model"] == "emb-é"
+    restored = VectorStore.restore(ENCODING_VERSION, chunks)
+    assert restored.embedding_model == "emb-é" and restored.digest() == store.digest()
+    assert restored.digest() != VectorStore.restore(1, plain).digest()
+    # Version 1 had no such field.
+    with pytest.raises(ValueError, match="bad params"):
+        VectorStore.restore(1, chunks)
+    with pytest.raises(ValueError, match="'embedding_model' must be a string"):
+        VectorStore.restore(2, with_header(chunks, lambda h: h["params"].update(embedding_model="")))
+
+
+def test_aof_commands_name_the_model_in_the_params():
+    store = filled([vec(1, 2), vec(3, 4)], llm=b"llm")
+    store.add(vec(5, 6), b"x", model="emb-a")
+    commands = list(store.aof_commands(b"key"))
+    assert json.loads(commands[0][3])["embedding_model"] == "emb-a"
+    assert all(b"emb-a" not in part for command in commands[1:] for part in command)
+    rebuilt = replay(commands)
+    assert rebuilt.embedding_model == "emb-a" and rebuilt.digest() == store.digest()
+
+
 def small_dump():
     store, _ = churned_store(n=300, dim=4, llm=None)
     return [bytes(c) for c in store.dump()]
@@ -810,6 +867,12 @@ def test_params_from_json_accepts_valid_fields():
     assert StoreParams.from_json(params.to_json()) == params
     assert StoreParams.from_json({}) == StoreParams()
     assert StoreParams().ef == 64
+    # An unknown embedding model is left out of the JSON, as before it existed.
+    assert "embedding_model" not in params.to_json()
+    assert StoreParams.from_json({"embedding_model": None}) == StoreParams()
+    named = StoreParams.from_json({"embedding_model": "all-MiniLM-L6-v2"})
+    assert named.embedding_model == "all-MiniLM-L6-v2"
+    assert StoreParams.from_json(named.to_json()) == named
 
 
 @pytest.mark.parametrize("obj, message", [
@@ -829,6 +892,10 @@ def test_params_from_json_accepts_valid_fields():
     ({"ef": 10001}, "'ef' must be an integer from 1 to 10000"),
     ({"metric": "dot"}, "'metric' must be one of l2, ip, cosine"),
     ({"metric": 1}, "'metric' must be one of l2, ip, cosine"),
+    ({"embedding_model": ""}, "'embedding_model' must be a string of 1 to 1024 bytes of UTF-8"),
+    ({"embedding_model": "m" * 1025}, "'embedding_model' must be a string of 1 to 1024 bytes of UTF-8"),
+    ({"embedding_model": "\ud800"}, "'embedding_model' must be a string of 1 to 1024 bytes of UTF-8"),
+    ({"embedding_model": 1}, "'embedding_model' must be a string of 1 to 1024 bytes of UTF-8"),
 ])
 def test_params_from_json_rejects_bad_input(obj, message):
     with pytest.raises(LLMError) as error:
