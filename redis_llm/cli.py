@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from redis_llm import module_path
+from redis_llm.client_errors import error_text
 from redis_llm.ingest import (
     IngestError,
     check_dependencies,
@@ -25,7 +26,8 @@ from redis_llm.ingest import (
 
 DEFAULT_URL = "redis://localhost:6379"
 EXPORT_FIELDS = ("id", "question", "answer", "reviewed_answer", "reviewed_score", "reviewed_notes",
-                 "reviewer", "model", "latency_ms", "state", "created_at", "tags", "session")
+                 "reviewer", "model", "latency_ms", "state", "created_at", "tags", "session",
+                 "also", "never")
 EXPORT_PAGE = 1000
 # The confidence bands of a review score, as the server defines them.
 BANDS = ((0, 64, "not confident"), (65, 79, "somewhat confident"), (80, 94, "confident"),
@@ -96,13 +98,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     review = commands.add_parser(
         "review", parents=[connection], help="review the answers of an app",
-        description="Review the unreviewed answers of an app one by one (interactive), or "
-                    "review one record: --id ID --answer TEXT --score S [--notes TEXT].")
+        description="Review the unreviewed answers of an app one by one (interactive; with "
+                    "--lists it also asks for the questions each answer also answers and must "
+                    "never be served for), or review one record: --id ID --answer TEXT "
+                    "--score S [--notes TEXT] [--also Q]... [--never Q]...")
     review.add_argument("app", metavar="APP", help="the app key")
     review.add_argument("--id", help="the record to review (non-interactive)")
     review.add_argument("--answer", help="the reviewed answer (with --id)")
     review.add_argument("--score", help="the score, 0-100 (with --id)")
     review.add_argument("--notes", help="notes (with --id)")
+    review.add_argument("--also", action="append", metavar="Q",
+                        help="a question the answer also answers, served as if asked; repeat for "
+                             "more. Replaces the stored list; --also '' clears it (with --id)")
+    review.add_argument("--never", action="append", metavar="Q",
+                        help="a question the answer must never be served for; repeat for more. "
+                             "Replaces the stored list; --never '' clears it (with --id)")
+    review.add_argument("--lists", action="store_true",
+                        help="interactive: also ask for the --also and --never questions")
 
     web = commands.add_parser(
         "web", parents=[connection], help="serve the review desk, a web application for experts",
@@ -132,11 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ingest" and args.overlap >= args.chunk_size:
         parser.error("--overlap must be smaller than --chunk-size")
     if args.command == "review":
-        given = [name for name in ("answer", "score", "notes") if getattr(args, name) is not None]
+        given = [name for name in ("answer", "score", "notes", "also", "never")
+                 if getattr(args, name) is not None]
         if args.id is None and given:
             parser.error(f"--{given[0]} needs --id")
         if args.id is not None and (args.answer is None or args.score is None):
             parser.error("--id needs --answer and --score")
+        if args.id is not None and args.lists:
+            parser.error("--lists is for the interactive review; with --id give --also and --never")
 
     if args.command == "web" and args.port > 65535:
         parser.error("--port must be at most 65535")
@@ -177,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "review":
             if args.id is not None:
                 print(_text(review_one(client, args.app, args.id, args.answer, args.score,
-                                       args.notes)))
+                                       args.notes, args.also, args.never)))
             else:
-                review_interactive(client, args.app, sys.stdin, sys.stdout)
+                review_interactive(client, args.app, sys.stdin, sys.stdout, lists=args.lists)
         return 0
     except redis.ResponseError as exc:
         print(f"redis-llm: {error_text(exc)}", file=sys.stderr)
@@ -198,12 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         if client is not None:
             client.close()
     return 1
-
-
-def error_text(exc) -> str:
-    """The error reply as the server sent it: redis-py strips the codes it knows (ERR)."""
-    code = getattr(exc, "status_code", None)
-    return f"{code} {exc}" if code else str(exc)
 
 
 def _plural(n: int, word: str) -> str:
@@ -472,11 +481,26 @@ def _number(text: str):
             return text
 
 
+def guard_list(text: str) -> list[str]:
+    """A record's also or never field (a JSON array of strings, empty when
+    never set) as a list."""
+    try:
+        value = json.loads(text) if text else []
+    except ValueError:
+        return []
+    return [str(q) for q in value] if isinstance(value, list) else []
+
+
 def export_row(record: dict[str, str], fmt: str) -> dict:
     """The exported fields of a record: strings for CSV; for JSON, numbers
     (or null when missing) for id, latency_ms, reviewed_score and created_at,
-    and tags as a list."""
+    and tags, also and never as lists. In CSV also and never are JSON arrays
+    (a question may hold any character), empty when there is none."""
     row = {name: record.get(name, "") for name in EXPORT_FIELDS}
+    for name in ("also", "never"):
+        questions = guard_list(row[name])
+        row[name] = questions if fmt == "jsonl" else \
+            json.dumps(questions, ensure_ascii=False) if questions else ""
     if fmt == "jsonl":
         for name in ("id", "latency_ms", "reviewed_score", "created_at"):
             row[name] = _number(row[name])
@@ -523,10 +547,19 @@ def _export(client, app: str, reviewed: bool, fmt: str, out: TextIO) -> int:
     return len(seen)
 
 
-def review_one(client, app: str, rid: str, answer: str, score: str, notes: str | None = None):
+def review_one(client, app: str, rid: str, answer: str, score: str, notes: str | None = None,
+               also: list[str] | None = None, never: list[str] | None = None):
+    """LLM.REVIEW. ``also`` and ``never`` replace the stored lists: None
+    keeps a list, [] clears it (one empty value), and a list sends one
+    option per question as given (the server refuses an empty one among
+    several; a single empty one clears)."""
     command = ["LLM.REVIEW", app, rid, "--ANSWER", answer, "--SCORE", score]
     if notes:
         command += ["--NOTES", notes]
+    for option, questions in (("--ALSO", also), ("--NEVER", never)):
+        if questions is not None:
+            for question in questions or [""]:
+                command += [option, question]
     return client.execute_command(*command)
 
 
@@ -579,6 +612,10 @@ def show_record(record: dict[str, str], out: TextIO) -> None:
             if len(content) > MATCH_PREVIEW:
                 content = content[:MATCH_PREVIEW] + "..."
             write(f"  {n}. {where}\n     {content}\n")
+    for name, title in (("also", "Also answers"), ("never", "Never served for")):
+        questions = guard_list(record.get(name, ""))
+        if questions:
+            write(f"{title}:\n" + "".join(f"  - {q}\n" for q in questions))
     out.flush()
 
 
@@ -618,10 +655,32 @@ def _ask_score(inp: TextIO, out: TextIO) -> str | None:
         out.write(f"  a score is a number from 0 to 100: {BANDS_TEXT}\n")
 
 
-def review_interactive(client, app: str, inp: TextIO, out: TextIO) -> tuple[int, int]:
+def _ask_list(inp: TextIO, out: TextIO, title: str, current: list[str]) -> list[str] | None | bool:
+    """Questions typed one per line, ended by an empty line: the list that
+    replaces ``current``, None to keep it (an empty line first), [] to
+    clear it ('-' alone), or False at end of input."""
+    hint = f"empty: keep the {len(current)} above, '-' clears them" if current else "empty: none"
+    out.write(f"{title}, one per line, an empty line ends ({hint}):\n")
+    questions: list[str] = []
+    while True:
+        line = _ask(inp, out, "  > ")
+        if line is None:
+            return False
+        line = line.strip()
+        if not line:
+            return questions or None
+        if line == "-" and not questions:
+            return []
+        questions.append(line)
+
+
+def review_interactive(client, app: str, inp: TextIO, out: TextIO,
+                       lists: bool = False) -> tuple[int, int]:
     """Review the app's finished, unreviewed records one by one; return
     (reviewed, skipped). At the answer or score prompt 's' skips the record
-    (for this session) and 'q' (or end of input) quits."""
+    (for this session) and 'q' (or end of input) quits. With ``lists`` the
+    reviewer then gives the questions the answer also answers and those it
+    must never be served for (see _ask_list)."""
     skipped: set[str] = set()
     reviewed = 0
     out.write(f"Reviewing {app}: 's' skips a record, 'q' quits.\n")
@@ -645,8 +704,18 @@ def review_interactive(client, app: str, inp: TextIO, out: TextIO) -> tuple[int,
         notes = _ask(inp, out, "Notes: ")
         if notes is None:
             break
+        also = never = None
+        if lists:
+            also = _ask_list(inp, out, "Also answers these questions",
+                             guard_list(record.get("also", "")))
+            if also is False:
+                break
+            never = _ask_list(inp, out, "Never serve it for",
+                              guard_list(record.get("never", "")))
+            if never is False:
+                break
         review_one(client, app, record["id"], answer or record.get("answer", ""), score,
-                   notes.strip() or None)
+                   notes.strip() or None, also, never)
         reviewed += 1
         out.write("  saved\n")
     out.write(f"reviewed {_plural(reviewed, 'record')}, skipped {len(skipped)}\n")

@@ -23,10 +23,28 @@ positionally, ``--ASYNC`` is ``async_`` (``async`` is a Python keyword), and
 at None (or False, for a flag) is not sent, so the server's default applies.
 JSON options take a dict (serialised with ``json.dumps``) or a ready JSON
 string; ``tags`` a list of strings.
-Server errors are raised unchanged, as redis-py raises them
-(``redis.ResponseError`` and its subclasses); arguments the client can check
-itself (embedding shapes, tags) raise ``ValueError`` or ``TypeError`` before
-anything is sent.
+
+An error reply is raised as the class its code maps to in
+``redis_llm.client_errors.ERROR_CLASSES`` (one table, as redis-py has one):
+``ERR`` is a ``CommandError``, ``WRONGTYPE`` a ``WrongTypeError``, ``NOPERM``
+a ``NoPermissionError``, ``BUSY`` a ``BusyError``, ``TIMEOUT`` a
+``ServerTimeoutError``, ``OOM`` an ``OutOfMemoryError``, another code a
+``ServerError`` (the base of them all, a ``redis.ResponseError``). Their text
+is the whole line the server sent, code first, under any redis-py from 5 on
+(``str(error)``, with ``error.code`` and ``error.message``);
+``NoPermissionError`` and ``OutOfMemoryError`` are also redis-py's classes of
+those names, so ``except redis.exceptions.NoPermissionError`` still catches
+them. An error redis-py raises as a class of its own that the table does not
+cover (``ReadOnlyError``, ``ClusterDownError``) is raised unchanged. Arguments
+the client can check itself (embedding shapes, tags) raise ``ValueError`` or
+``TypeError`` before anything is sent::
+
+    from redis_llm.client_errors import WrongTypeError
+
+    try:
+        llm.size("a-string-key")
+    except WrongTypeError as exc:
+        print(exc)    # WRONGTYPE Operation against a key holding the wrong kind of value
 """
 
 from __future__ import annotations
@@ -43,6 +61,8 @@ import numpy as np
 import redis
 import redis.cluster
 from redis.client import NEVER_DECODE
+
+from redis_llm.client_errors import response_error
 
 __all__ = ["Client", "Item", "Match", "Record", "RunDetails", "Stats", "embedding_blob",
            "parse_vector"]
@@ -83,11 +103,13 @@ class RunDetails(TypedDict):
     completion_tokens: int
     served_from: str
     record: int | None
+    served_review: int | None  # the record whose review answered, when served_from is review
 
 
 class Record(TypedDict):
     """A recorded result (LLM.RESULT, LLM.RESULTS). Every field is present;
-    a value the server sends empty (missing) is None, and ``tags`` a list."""
+    a value the server sends empty (missing) is None, and ``tags``,
+    ``also`` and ``never`` are lists ([] when empty)."""
 
     id: int
     app: str
@@ -114,6 +136,9 @@ class Record(TypedDict):
     reviewed_notes: str | None
     reviewer: str | None
     served_from: str | None
+    served_review: int | None  # the record whose review answered this run
+    also: list[str]            # questions the review also answers (--ALSO)
+    never: list[str]           # questions it is never served for (--NEVER)
 
 
 class Stats(TypedDict):
@@ -162,10 +187,17 @@ class Client:
     def __repr__(self) -> str:
         return f"Client({self.redis!r})"
 
-    def _call(self, *args: Any) -> Any:
+    def _call(self, *args: Any, **options: Any) -> Any:
         # NEVER_DECODE: binary item data must reach the caller as bytes even
         # on a decode_responses connection; text is decoded here.
-        return self.redis.execute_command(*args, **{NEVER_DECODE: True})
+        try:
+            return self.redis.execute_command(*args, **options, **{NEVER_DECODE: True})
+        except redis.ResponseError as exc:
+            error = response_error(exc)
+            if error is exc:
+                raise
+            # The mapped error carries the whole reply; redis-py's frames add nothing.
+            raise error from None
 
     # ---- LLMs -----------------------------------------------------------------
 
@@ -205,10 +237,11 @@ class Client:
 
     def add(self, key: KeyT, data: DataT, embedding: EmbeddingT | None = None, *,
             id: int | None = None, meta: JSONT | None = None,
-            timeout: int | None = None) -> int | None:
+            timeout: int | None = None, embedding_model: str | None = None) -> int | None:
         """LLM.ADD: add an item and return its id. Without ``embedding`` the
         store's LLM embeds ``data`` (``timeout`` in ms: None at the deadline,
-        the item is still added).
+        the item is still added). ``embedding_model`` names the model that
+        made ``embedding``: the store refuses another than its own.
 
         >>> llm.add("docs", "Paris is in France.", np.array([0.1, 0.2, 0.3]), meta={"page": 1})
         1
@@ -216,6 +249,7 @@ class Client:
         args: list = ["LLM.ADD", key]
         _option(args, "--ID", _integer(id, "id"))
         _option(args, "--EMBEDDING-BLOB", None if embedding is None else embedding_blob(embedding))
+        _option(args, "--EMBEDDING-MODEL", embedding_model)
         _option(args, "--META", _json(meta, "meta"))
         _option(args, "--TIMEOUT", _integer(timeout, "timeout"))
         args.append(data)
@@ -246,20 +280,24 @@ class Client:
     @overload
     def knn(self, key: KeyT, embedding: EmbeddingT | None = None, *, k: int | None = None,
             ef: int | None = None, filter: JSONT | None = None, withdata: Literal[False] = False,
-            timeout: int | None = None, query: DataT | None = None) -> list[tuple[int, float]]: ...
+            timeout: int | None = None, query: DataT | None = None,
+            embedding_model: str | None = None) -> list[tuple[int, float]]: ...
 
     @overload
     def knn(self, key: KeyT, embedding: EmbeddingT | None = None, *, k: int | None = None,
             ef: int | None = None, filter: JSONT | None = None, withdata: Literal[True],
-            timeout: int | None = None, query: DataT | None = None) -> list[Match]: ...
+            timeout: int | None = None, query: DataT | None = None,
+            embedding_model: str | None = None) -> list[Match]: ...
 
     def knn(self, key, embedding=None, *, k=None, ef=None, filter=None, withdata=False,
-            timeout=None, query=None):
+            timeout=None, query=None, embedding_model=None):
         """LLM.KNN: the ``k`` (server default 10) items nearest to
         ``embedding``, or to the text ``query`` embedded by the store's LLM;
         nearest first, as ``(id, distance)``, or with ``withdata`` as
         ``Match(id, distance, data, meta)``. ``filter`` matches meta fields.
-        None when ``timeout`` (ms, for a query) passed.
+        None when ``timeout`` (ms, for a query) passed. ``embedding_model``
+        names the model that made ``embedding``: the store refuses another
+        than its own.
 
         >>> llm.knn("docs", [0.1, 0.2, 0.25], k=2, filter={"page": 1}, withdata=True)
         [Match(id=1, distance=0.0025, data=b'Paris is in France.', meta={'page': 1})]
@@ -267,6 +305,7 @@ class Client:
         args: list = ["LLM.KNN", key]
         _option(args, "--K", _integer(k, "k"))
         _option(args, "--EMBEDDING-BLOB", None if embedding is None else embedding_blob(embedding))
+        _option(args, "--EMBEDDING-MODEL", embedding_model)
         _option(args, "--EF", _integer(ef, "ef"))
         _option(args, "--FILTER", _json(filter, "filter"))
         _flags(args, withdata=withdata)
@@ -362,7 +401,7 @@ class Client:
             session=None, async_=False, tags=None):
         """LLM.RUN: run an app and return its answer (str); with ``verbose``
         a ``RunDetails`` dict (answer, prompt, items, model, tokens,
-        served_from); with ``async_=True`` (``--ASYNC``) the id of the record
+        served_from, record, served_review); with ``async_=True`` (``--ASYNC``) the id of the record
         to poll with ``result``. ``params`` are model params for this call,
         ``session`` a chat app's conversation. None when ``timeout`` (ms)
         passed.
@@ -436,8 +475,7 @@ class Client:
         _option(args, "--COUNT", _integer(count, "count"))
         if isinstance(self.redis, redis.cluster.RedisCluster):
             # A keyless command: redis-py would refuse it, or ask one node.
-            replies = self.redis.execute_command(
-                *args, target_nodes=self.redis.get_primaries(), **{NEVER_DECODE: True})
+            replies = self._call(*args, target_nodes=self.redis.get_primaries())
             rows = [row for reply in (replies.values() if isinstance(replies, dict) else [replies])
                     for row in reply]
         else:
@@ -488,16 +526,24 @@ class Client:
         return [decode_record(reply) for reply in self._call(*args)]
 
     def review(self, key: KeyT, id: int, *, answer: DataT, score: float,
-               notes: DataT | None = None) -> bool:
+               notes: DataT | None = None, also: Sequence[DataT] | None = None,
+               never: Sequence[DataT] | None = None) -> bool:
         """LLM.REVIEW: an expert's answer and 0-100 confidence ``score`` for
         a done result (95 and above serves it for the same question).
+        ``also`` lists questions the answer also answers (served as if
+        asked), ``never`` questions it must never be served for. Each list
+        replaces the stored one; None (the default) keeps it and ``[]``
+        clears it.
 
-        >>> llm.review("ask", rid, answer="sewenew", score=97, notes="checked")
+        >>> llm.review("ask", rid, answer="sewenew", score=97, notes="checked",
+        ...            also=["Who maintains redis-llm?"], never=["Who wrote redis-py?"])
         True
         """
         args: list = ["LLM.REVIEW", key, _integer(id, "id"), "--ANSWER", answer,
                       "--SCORE", _decimal(score, "score")]
         _option(args, "--NOTES", notes)
+        _questions(args, "--ALSO", also, "also")
+        _questions(args, "--NEVER", never, "never")
         return bool(self._call(*args))
 
     def record(self, key: KeyT, *, question: DataT, answer: DataT, model: str | None = None,
@@ -563,6 +609,9 @@ class Client:
             for name in _KEY_FIELDS:
                 if isinstance(fields.get(name), str):
                     fields[name] = _server_text(fields[name])
+            for name in _RECORD_LISTS:
+                if fields.get(name) == []:
+                    fields[name] = None     # as ``result`` reads an unset list
             if vector is not None:
                 fields["vector"] = base64.b64encode(embedding_blob(vector)).decode()
             payload = _dump(fields)
@@ -648,6 +697,24 @@ def _tags(tags: Sequence[str] | str | None) -> str | None:
     return ",".join(tags)
 
 
+def _questions(args: list, option: str, questions: Sequence[DataT] | None, name: str) -> None:
+    """--ALSO / --NEVER: one option per question; an empty list sends the
+    single empty value that clears the stored list."""
+    if questions is None:
+        return
+    if isinstance(questions, (str, bytes)):
+        raise TypeError(f"{name} must be a list of questions, not a single string")
+    questions = list(questions)
+    for question in questions:
+        if not isinstance(question, (str, bytes)):
+            raise TypeError(f"{name} questions must be strings, got {question!r}")
+        if not question.strip():
+            # The server reads a single empty value as "clear the list".
+            raise ValueError(f"{name} questions must not be empty (give [] to clear the list)")
+    for question in questions or [""]:
+        args += [option, question]
+
+
 def _trailing(args: list, value: DataT) -> None:
     # "--" ends the options, so an input that looks like one is still the input.
     if (value.encode() if isinstance(value, str) else bytes(value)).startswith(b"--"):
@@ -658,7 +725,8 @@ def _trailing(args: list, value: DataT) -> None:
 # ---- replies --------------------------------------------------------------------
 
 _RECORD_INTEGERS = {"id", "latency_ms", "prompt_tokens", "completion_tokens", "created_at",
-                    "updated_at"}
+                    "updated_at", "served_review"}
+_RECORD_LISTS = ("also", "never")  # JSON arrays of strings; [] when empty
 _RECORD_JSON = {"vars", "matches", "meta"}
 # Fields the server holds as the latin-1 text of their bytes (a key, a session id).
 _KEY_FIELDS = ("app", "session")
@@ -688,7 +756,7 @@ def _run_details(reply: list) -> RunDetails:
             details[name] = [_match(row) for row in value]
         elif name in ("prompt_tokens", "completion_tokens"):
             details[name] = int(value)
-        elif name == "record":
+        elif name in ("record", "served_review"):
             details[name] = None if value is None else int(value)
         else:
             details[name] = _text(value)
@@ -702,6 +770,8 @@ def decode_record(reply: list) -> Record:
     for name, raw in _pairs(reply).items():
         if name == "tags":
             record[name] = _text(raw).split(",") if raw else []
+        elif name in _RECORD_LISTS:
+            record[name] = json.loads(raw) if raw else []
         elif not raw:
             record[name] = None
         elif name in _RECORD_INTEGERS:

@@ -33,7 +33,8 @@ from werkzeug.exceptions import HTTPException
 
 from redis_llm import charts, cli
 from redis_llm.client import Client, decode_record
-from redis_llm.records import BANDS, STATES, band
+from redis_llm.client_errors import error_text
+from redis_llm.records import BANDS, MAX_GUARD_QUESTIONS, STATES, band
 
 APP_KINDS = ("app", "search", "chat")
 PAGE_SIZE = 25
@@ -183,13 +184,41 @@ def parse_score(text: str | None) -> float:
     return score
 
 
+def parse_questions(text: str | None) -> list[str] | None:
+    """A textarea of questions, one per line (blank lines skipped, repeats
+    dropped); None when the form has no such field, so the stored list is
+    kept, and [] when it is empty, so the stored list is cleared."""
+    if text is None:
+        return None
+    return list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+
+
 def parse_review(form) -> dict:
-    """The fields of a review form, checked: answer, score, notes."""
+    """The fields of a review form, checked: answer, score, notes, and the
+    questions the answer also answers (also) and must never be served for
+    (never)."""
     answer = (form.get("answer") or "").strip()
     if not answer:
         raise FormError("Write the reviewed answer (it may be the model's answer).")
-    return {"answer": answer, "score": parse_score(form.get("score")),
-            "notes": (form.get("notes") or "").strip() or None}
+    fields = {"answer": answer, "score": parse_score(form.get("score")),
+              "notes": (form.get("notes") or "").strip() or None,
+              "also": parse_questions(form.get("also")),
+              "never": parse_questions(form.get("never"))}
+    if len(fields["also"] or ()) + len(fields["never"] or ()) > MAX_GUARD_QUESTIONS:
+        raise FormError(f"Give at most {MAX_GUARD_QUESTIONS} questions in both lists together.")
+    return fields
+
+
+REVIEW_FIELDS = ("answer", "score", "notes", "also", "never")  # a review form's fields
+
+
+def review_form(record: dict) -> dict:
+    """A review form's fields, filled from ``record``: its review, else the
+    model's answer; its question lists, one question per line."""
+    return {"answer": record["reviewed_answer"] or record["answer"] or "",
+            "score": "" if record["reviewed_score"] is None else f"{record['reviewed_score']:g}",
+            "notes": record["reviewed_notes"] or "",
+            "also": "\n".join(record["also"]), "never": "\n".join(record["never"])}
 
 
 def parse_id(text: str | None) -> int:
@@ -419,7 +448,7 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
 
     @app.errorhandler(redis.ResponseError)
     def refused(exc):
-        text = cli.error_text(exc)
+        text = error_text(exc)
         return failure(error_status(text), "Redis refused", text)
 
     @app.errorhandler(redis.RedisError)
@@ -465,7 +494,7 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
                 return render("login.html", 401, error="Wrong user name or password.", user=user,
                               next=target)
             except redis.ResponseError as exc:
-                return render("login.html", 401, error=cli.error_text(exc), user=user, next=target)
+                return render("login.html", 401, error=error_text(exc), user=user, next=target)
             except redis.RedisError as exc:
                 return render("login.html", 503, error=f"Cannot reach Redis at {url}: {exc}",
                               user=user, next=target)
@@ -513,7 +542,7 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
         skipped = _skipped()
         record = cli.next_unreviewed(client().redis, key, set(skipped), decode=decode_record)
         return render("review.html", app_key=key, record=record, skipped=skipped,
-                      form={"answer": record["answer"] if record else "", "score": "", "notes": ""},
+                      form=review_form(record) if record else {},
                       skip_next=",".join(skipped + ([str(record["id"])] if record else [])))
 
     @app.post("/review")
@@ -529,10 +558,10 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
         try:
             fields = parse_review(form)
             client().review(key, rid, answer=fields["answer"], score=fields["score"],
-                            notes=fields["notes"])
+                            notes=fields["notes"], also=fields["also"], never=fields["never"])
         except (FormError, redis.ResponseError) as exc:
             # Refused: the same form again, with what was typed and why.
-            message = str(exc) if isinstance(exc, FormError) else cli.error_text(exc)
+            message = str(exc) if isinstance(exc, FormError) else error_text(exc)
             record = client().result(key, rid)
             if record is None:
                 flask.abort(404, f"No result {rid} in app {key}.")
@@ -541,7 +570,10 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
             return render(template, error_status(message), app_key=key, record=record,
                           skipped=skipped,
                           skip_next=",".join(skipped + [str(rid)]), error=message,
-                          form={name: form.get(name, "") for name in ("answer", "score", "notes")})
+                          form={**{name: form.get(name, "") for name in REVIEW_FIELDS},
+                                # A list the form did not send is kept: show it.
+                                **{name: form.get(name, review_form(record)[name])
+                                   for name in ("also", "never")}})
         flash(f"Reviewed result {rid}: {fields['score']:g}, {band(fields['score'])}.", "ok")
         if back == "record":
             return flask.redirect(flask.url_for("record", app=key, id=rid))
@@ -584,11 +616,8 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
     @signed_in
     def record():
         key, found = requested_record()
-        form = {"answer": found["reviewed_answer"] or found["answer"] or "",
-                "score": "" if found["reviewed_score"] is None else f"{found['reviewed_score']:g}",
-                "notes": found["reviewed_notes"] or ""}
-        return render("record.html", app_key=key, record=found, form=form, skipped=[],
-                      skip_next="")
+        return render("record.html", app_key=key, record=found, form=review_form(found),
+                      skipped=[], skip_next="")
 
     @app.get("/record.json")
     @signed_in
@@ -650,7 +679,7 @@ def create_app(url: str, *, cluster: bool = False, session_minutes: float = 30,
                 if rid is None:
                     return render("ask.html", app_key=key, form=form, answer=details["answer"])
         except (FormError, redis.ResponseError, ValueError) as exc:
-            message = cli.error_text(exc) if isinstance(exc, redis.ResponseError) else str(exc)
+            message = error_text(exc) if isinstance(exc, redis.ResponseError) else str(exc)
             return render("ask.html", error_status(message), app_key=key, form=form,
                           error=message)
         return flask.redirect(flask.url_for("record", app=key, id=rid))

@@ -563,7 +563,8 @@ def test_export_jsonl_newest_first_with_typed_fields(r, url, app, capsys):
     assert rows[1] == {"id": 2, "question": "question 2", "answer": "answer 2",
                        "reviewed_answer": "better 2", "reviewed_score": 90, "reviewed_notes": "checked",
                        "reviewer": "default", "model": "gpt-test", "latency_ms": 20, "state": "done",
-                       "created_at": created, "tags": ["a", "b"], "session": "s2"}
+                       "created_at": created, "tags": ["a", "b"], "session": "s2",
+                       "also": [], "never": []}
     assert rows[0]["reviewed_score"] is None and rows[0]["reviewed_answer"] == ""
 
 
@@ -676,3 +677,136 @@ def test_review_interactive_through_main(r, url, app, capsys, monkeypatch):
     assert code == 0 and out.endswith("reviewed 1 record, skipped 1\n")
     assert result(r, app, 3)["reviewed_score"] == "95"
     assert result(r, app, 3)["reviewed_answer"] == "answer 3"
+
+
+# ---- guarded reviews: --also and --never ----------------------------------------------
+
+def lists(r, app: str, rid) -> tuple[list, list]:
+    """The also and never lists of a record."""
+    rec = result(r, app, rid)
+    return cli.guard_list(rec["also"]), cli.guard_list(rec["never"])
+
+
+def test_review_one_record_with_also_and_never_questions(r, url, app, capsys):
+    assert run(capsys, "review", app, "--url", url, "--id", 2, "--answer", "right", "--score", 97,
+               "--also", "question two?", "--also", "Question 2, again", "--never",
+               "question twenty") == (0, "1\n", "")
+    assert lists(r, app, 2) == (["question two?", "Question 2, again"], ["question twenty"])
+    # Lists not given are kept; a list given replaces; --also '' clears.
+    assert run(capsys, "review", app, "--url", url, "--id", 2, "--answer", "right",
+               "--score", 98)[0] == 0
+    assert lists(r, app, 2) == (["question two?", "Question 2, again"], ["question twenty"])
+    assert run(capsys, "review", app, "--url", url, "--id", 2, "--answer", "right", "--score", 98,
+               "--never", "question 22")[0] == 0
+    assert lists(r, app, 2) == (["question two?", "Question 2, again"], ["question 22"])
+    assert run(capsys, "review", app, "--url", url, "--id", 2, "--answer", "right", "--score", 98,
+               "--also", "")[0] == 0
+    assert lists(r, app, 2) == ([], ["question 22"])
+    # The --also question is served the reviewed answer.
+    r.execute_command("LLM.REVIEW", app, 2, "--ANSWER", "right", "--SCORE", 98,
+                      "--ALSO", "question two?")
+    reply = r.execute_command("LLM.RUN", app, "--VERBOSE", "Question two")
+    details = dict(zip(reply[0::2], reply[1::2]))
+    assert (details[b"answer"], details[b"served_from"], details[b"served_review"]) == (
+        b"right", b"review", 2)
+
+
+def test_review_list_errors(r, url, app, capsys):
+    code, _, err = run(capsys, "review", app, "--url", url, "--also", "q")
+    assert code == 2 and "--also needs --id" in err
+    code, _, err = run(capsys, "review", app, "--url", url, "--never", "q")
+    assert code == 2 and "--never needs --id" in err
+    code, _, err = run(capsys, "review", app, "--url", url, "--id", 1, "--answer", "x",
+                       "--score", 90, "--lists")
+    assert code == 2 and "--lists is for the interactive review" in err
+    code, out, err = run(capsys, "review", app, "--url", url, "--id", 1, "--answer", "x",
+                         "--score", 90, "--also", "q", "--also", "")
+    assert (code, out) == (1, "") and err.startswith("redis-llm: ERR ") and "empty" in err
+    many = [arg for n in range(33) for arg in ("--never", f"q{n}")]
+    code, _, err = run(capsys, "review", app, "--url", url, "--id", 1, "--answer", "x",
+                       "--score", 90, *many)
+    assert code == 1 and "at most 32" in err
+    assert result(r, app, 1)["reviewed_score"] == ""
+
+
+def test_review_interactive_with_lists_asks_for_both_lists(r, app, server):
+    client = server.client()
+    # 3: answer kept, 95, no notes, two --also questions, one --never; 2: no
+    # lists at all (empty lines); then quit at 1.
+    script = ("\n95\n\nquestion three, reworded\n  Q3?  \n\nquestion thirty\n\n"
+              "answer two\n90\nn\n\n\nq\n")
+    out = io.StringIO()
+    assert cli.review_interactive(client, app, io.StringIO(script), out, lists=True) == (2, 0)
+    shown = out.getvalue()
+    assert shown.count("Also answers these questions, one per line, an empty line ends "
+                       "(empty: none):\n") == 2
+    assert shown.count("Never serve it for, one per line, an empty line ends (empty: none):\n") == 2
+    assert lists(r, app, 3) == (["question three, reworded", "Q3?"], ["question thirty"])
+    assert result(r, app, 3)["reviewed_score"] == "95"
+    assert lists(r, app, 2) == ([], []) and result(r, app, 2)["reviewed_answer"] == "answer two"
+    assert result(r, app, 1)["reviewed_score"] == ""
+    client.close()
+
+
+def test_review_interactive_shows_the_current_lists_keeps_or_clears_them(r, app, server):
+    # An unreviewed record that already has lists (copied with LLM.RESULT-SET).
+    record = {"id": 7, "app": "app", "state": "done", "question": "where?", "answer": "there",
+              "created_at": 1, "also": ["where is it?", "where exactly?"], "never": ["why?"]}
+    assert r.execute_command("LLM.RESULT-SET", app, json.dumps(record)) == 1
+    client = server.client()
+    out = io.StringIO()
+    # Keep the --also list (empty line first), clear the --never list ('-').
+    cli.review_interactive(client, app, io.StringIO("\n96\n\n\n-\nq\n"), out, lists=True)
+    shown = out.getvalue()
+    assert "Also answers:\n  - where is it?\n  - where exactly?\nNever served for:\n  - why?\n" \
+        in shown
+    assert "(empty: keep the 2 above, '-' clears them):" in shown
+    assert "(empty: keep the 1 above, '-' clears them):" in shown
+    assert lists(r, app, 7) == (["where is it?", "where exactly?"], [])
+    assert result(r, app, 7)["reviewed_score"] == "96"
+    # Without --lists the lists are shown and kept, and the prompts are as before.
+    record = {**record, "id": 8}
+    r.execute_command("LLM.RESULT-SET", app, json.dumps(record))
+    out = io.StringIO()
+    assert cli.review_interactive(client, app, io.StringIO("\n96\n\nq\n"), out) == (1, 0)
+    shown = out.getvalue()
+    assert "Never served for:\n  - why?\n" in shown and "one per line" not in shown
+    assert lists(r, app, 8) == (["where is it?", "where exactly?"], ["why?"])
+    client.close()
+
+
+def test_review_interactive_end_of_input_in_a_list_saves_nothing(r, app, server):
+    client = server.client()
+    assert cli.review_interactive(client, app, io.StringIO("\n95\nnotes\nq one\n"), io.StringIO(),
+                                  lists=True) == (0, 0)
+    assert cli.review_interactive(client, app, io.StringIO("\n95\nnotes\n\nnever\n"),
+                                  io.StringIO(), lists=True) == (0, 0)
+    assert [result(r, app, n)["reviewed_score"] for n in (1, 2, 3)] == ["", "", ""]
+    client.close()
+
+
+def test_review_interactive_with_lists_through_main(r, url, app, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n95\n\nquestion 3 again\n\n\nq\n"))
+    code, out, _ = run(capsys, "review", app, "--url", url, "--lists")
+    assert code == 0 and out.endswith("reviewed 1 record, skipped 0\n")
+    assert lists(r, app, 3) == (["question 3 again"], [])
+
+
+def test_export_includes_the_lists(r, url, app, capsys, tmp_path):
+    r.execute_command("LLM.REVIEW", app, 2, "--ANSWER", "a2", "--SCORE", 97,
+                      "--ALSO", 'question "two", reworded', "--ALSO", "q2?", "--NEVER", "q20")
+    r.execute_command("LLM.REVIEW", app, 1, "--ANSWER", "a1", "--SCORE", 97, "--ALSO", "x",
+                      "--NEVER", "y")
+    r.execute_command("LLM.REVIEW", app, 1, "--ANSWER", "a1", "--SCORE", 97, "--ALSO", "",
+                      "--NEVER", "")
+    code, out, _ = run(capsys, "export", app, "--url", url)
+    rows = {row["id"]: row for row in map(json.loads, out.splitlines())}
+    assert (rows[2]["also"], rows[2]["never"]) == (['question "two", reworded', "q2?"], ["q20"])
+    assert (rows[1]["also"], rows[1]["never"]) == ([], []) == (rows[3]["also"], rows[3]["never"])
+    output = tmp_path / "out.csv"
+    assert run(capsys, "export", app, "--url", url, "--format", "csv", "--output", output)[0] == 0
+    with open(output, newline="") as f:
+        rows = {row["id"]: row for row in csv.DictReader(f)}
+    assert json.loads(rows["2"]["also"]) == ['question "two", reworded', "q2?"]
+    assert rows["2"]["never"] == '["q20"]'
+    assert (rows["1"]["also"], rows["1"]["never"], rows["3"]["also"]) == ("", "", "")

@@ -1,8 +1,9 @@
 """redis_llm.Client, the typed Python client: every method against a real
 redis-server with the module (and the scripted OpenAI-compatible server for
 LLM calls). Embeddings round-trip bit for bit as numpy float32 arrays, records
-come back as dicts, server errors surface as redis-py's exceptions with the
-server's message, and the client's own checks fail before anything is sent.
+come back as dicts, server errors surface as the class of their code (one
+table, redis_llm.client_errors) with the whole line the server sent, and the
+client's own checks fail before anything is sent.
 """
 
 import json
@@ -11,18 +12,31 @@ import time
 import numpy as np
 import pytest
 import redis
-from helpers import ERROR_CODE, error_text, wait_for
+from helpers import ERROR_CODE, in_thread, raw_error, wait_for
 from openai_server import OpenAIServer
 from redis._parsers.commands import CommandsParser
 
 from redis_llm import Client
+from redis_llm import client_errors
 from redis_llm.client import Item, Match, embedding_blob, parse_vector
+from redis_llm.client_errors import (
+    ERROR_CLASSES,
+    BusyError,
+    CommandError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ServerError,
+    ServerTimeoutError,
+    WrongTypeError,
+    error_text,
+    response_error,
+)
 
 RECORD_FIELDS = ["id", "app", "state", "question", "vars", "answer", "error", "model",
                  "embed_model", "latency_ms", "prompt_tokens", "completion_tokens", "matches",
                  "match_source", "match_page", "session", "tags", "meta", "created_at",
                  "updated_at", "reviewed_answer", "reviewed_score", "reviewed_notes", "reviewer",
-                 "served_from"]
+                 "served_from", "served_review", "also", "never"]
 DIM = 8  # the scripted server's embedding length
 
 
@@ -336,6 +350,163 @@ def test_server_errors_surface_as_response_errors_with_the_server_message(client
     assert client.result("app", 2)["state"] == "failed"
 
 
+# What redis.call("EVAL", ERROR_SCRIPT, 0, line) replies: the error line as given.
+ERROR_SCRIPT = "return redis.error_reply(ARGV[1])"
+
+
+def eval_error(r, line: str) -> redis.ResponseError:
+    """The exception the installed redis-py makes of the error reply ``line``."""
+    with pytest.raises(redis.ResponseError) as info:
+        r.eval(ERROR_SCRIPT, 0, line)
+    return info.value
+
+
+def test_the_table_maps_the_six_codes_and_keeps_redis_py_classes_catchable():
+    assert ERROR_CLASSES == {"ERR": CommandError, "WRONGTYPE": WrongTypeError,
+                             "NOPERM": NoPermissionError, "BUSY": BusyError,
+                             "TIMEOUT": ServerTimeoutError, "OOM": OutOfMemoryError}
+    for cls in ERROR_CLASSES.values():
+        assert issubclass(cls, ServerError) and issubclass(cls, redis.ResponseError)
+    # Code written for redis-py still catches ours.
+    assert issubclass(NoPermissionError, redis.exceptions.NoPermissionError)
+    assert issubclass(OutOfMemoryError, redis.exceptions.OutOfMemoryError)
+    # TIMEOUT is the server's, not the socket's timeout.
+    assert not issubclass(ServerTimeoutError, (redis.TimeoutError, TimeoutError))
+
+
+@pytest.mark.parametrize("code", sorted(ERROR_CLASSES))
+def test_each_code_maps_to_its_class_with_the_servers_text(r, server, code):
+    line = f"{code} Sent by the server, {code} and all"
+    sent = raw_error(server.port, ("EVAL", ERROR_SCRIPT, 0, line))
+    assert sent == line
+    exc = eval_error(r, line)
+    assert error_text(exc) == sent
+    error = response_error(exc)
+    assert type(error) is ERROR_CLASSES[code]
+    assert str(error) == sent and error.code == code
+    assert error.message == f"Sent by the server, {code} and all"
+    assert error_text(error) == sent and response_error(error) is error
+
+
+@pytest.mark.parametrize("line, cls", [
+    ("BUSYKEY Target key name already exists.", ServerError),
+    ("FOOCODE an error code of another module", ServerError),
+    ("ERR ERR", CommandError),   # what Redis makes of redis.error_reply("ERR")
+    ("ERR LLM key 'x' does not exist", CommandError),
+    ("READONLY You can't write against a read only replica.", redis.exceptions.ReadOnlyError),
+    ("NOSCRIPT No matching script.", redis.exceptions.NoScriptError),
+])
+def test_other_codes_keep_their_text_and_redis_py_classes_stay(r, line, cls):
+    exc = eval_error(r, line)
+    if line.startswith("FOOCODE") and not hasattr(redis.ResponseError("x"), "status_code"):
+        # redis-py 5, 6, 7.0 and 7.1 record no code: an unknown one reads as
+        # what followed a stripped ERR (documented in error_text).
+        line, cls = "ERR " + line, CommandError
+    error = response_error(exc)
+    assert type(error) is cls
+    assert error_text(exc) == line
+    if cls in (ServerError, CommandError):
+        assert str(error) == line and error.code == line.split()[0]
+    elif cls not in ERROR_CLASSES.values():
+        assert error is exc   # redis-py's own class, untouched
+
+
+def test_error_text_reads_errors_as_redis_py_5_and_6_make_them(monkeypatch):
+    # Those versions strip the codes they know and record none: the code
+    # comes back from the class, an unknown one is left in the message, and
+    # a plain error whose first word is no server code followed a stripped ERR.
+    monkeypatch.setattr(client_errors, "_HAS_STATUS_CODE", False)
+    old = {}
+
+    def made(cls, message):
+        exc = cls(message)
+        exc.status_code = None
+        return exc
+
+    old["ERR no app at key 'ask'"] = made(redis.ResponseError, "no app at key 'ask'")
+    old["ERR LLM key 'x' does not exist"] = made(redis.ResponseError, "LLM key 'x' does not exist")
+    old["ERR ERR"] = made(redis.ResponseError, "ERR")
+    old["WRONGTYPE Operation against a key holding the wrong kind of value"] = made(
+        redis.ResponseError, "WRONGTYPE Operation against a key holding the wrong kind of value")
+    old["BUSY Redis is busy running a script."] = made(redis.ResponseError,
+                                                       "BUSY Redis is busy running a script.")
+    old["NOPERM this user has no permissions"] = made(redis.exceptions.NoPermissionError,
+                                                      "this user has no permissions")
+    old["OOM command not allowed"] = made(redis.exceptions.OutOfMemoryError, "command not allowed")
+    old["READONLY You can't write"] = made(redis.exceptions.ReadOnlyError, "You can't write")
+    for line, exc in old.items():
+        assert error_text(exc) == line
+        error = response_error(exc)
+        assert error_text(error) == line
+        # A class of the table says it all; redis-py's ReadOnlyError stays as it was.
+        assert str(error) == line if isinstance(error, ServerError) else error is exc
+
+
+def test_client_raises_the_class_of_the_code_with_the_servers_text(client, r, server):
+    # ERR and WRONGTYPE from the module; the exact lines the server sent.
+    error = server_error(lambda: client.run("missing-app", "hi"), "no app at key")
+    with pytest.raises(CommandError) as info:
+        client.run("missing-app", "hi")
+    assert str(info.value) == error == raw_error(server.port, ("LLM.RUN", "missing-app", "hi"))
+    r.set("text", "hello")
+    with pytest.raises(WrongTypeError) as info:
+        client.size("text")
+    assert str(info.value) == raw_error(server.port, ("LLM.SIZE", "text"))
+    assert str(info.value) == "WRONGTYPE Operation against a key holding the wrong kind of value"
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_client_raises_noperm_oom_and_busy_with_the_servers_text(make_server):
+    srv = make_server(config={"lua-time-limit": "50"})
+    admin = srv.client()
+    llm = Client(admin)
+    llm.create_llm("other:llm", params={"base_url": "http://127.0.0.1:9"})
+    llm.create_vector_store("r:docs", llm="other:llm")
+    admin.acl_setuser("reader", enabled=True, passwords=["+reader-pw"], keys=["r:*"],
+                      commands=["+ping", "+llm.size", "+llm.add"], reset=True)
+    reader = Client(srv.client(username="reader", password="reader-pw"))
+    auth = ("AUTH", "reader", "reader-pw")
+    assert reader.size("r:docs") == 0
+    # Redis' NOPERM: a command the user may not run.
+    with pytest.raises(redis.exceptions.NoPermissionError) as info:  # redis-py's class catches it
+        reader.create_vector_store("r:new")
+    assert type(info.value) is NoPermissionError
+    assert str(info.value) == raw_error(srv.port, auth, ("LLM.CREATE-VECTOR-STORE", "r:new"))
+    # The module's: the store's LLM is a key the user may not read.
+    with pytest.raises(NoPermissionError) as info:
+        reader.add("r:docs", "text to embed")
+    assert str(info.value) == raw_error(srv.port, auth, ("LLM.ADD", "r:docs", "text to embed"))
+    assert str(info.value).startswith("NOPERM ") and "'other:llm'" in str(info.value)
+
+    admin.config_set("maxmemory", 1)
+    with pytest.raises(redis.exceptions.OutOfMemoryError) as info:
+        llm.create_vector_store("docs")
+    assert type(info.value) is OutOfMemoryError
+    assert str(info.value) == raw_error(srv.port, ("LLM.CREATE-VECTOR-STORE", "docs"))
+    assert str(info.value).startswith("OOM ")
+    admin.config_set("maxmemory", 0)
+
+    # A script running past lua-time-limit makes the server answer BUSY.
+    script = in_thread(lambda: srv.client().eval("while true do end", 0))
+
+    def busy():
+        try:
+            llm.size("docs")
+        except BusyError as exc:
+            return exc
+        return None
+
+    try:
+        error = wait_for(busy, 30, "the server to answer BUSY")
+        assert str(error) == raw_error(srv.port, ("LLM.SIZE", "docs"))
+        assert str(error).startswith("BUSY ") and error.code == "BUSY"
+    finally:
+        srv.client().script_kill()
+    script["thread"].join(30)
+    assert "Script killed" in error_text(script["error"])
+    assert llm.size("docs") == 0
+
+
 # ---- apps and runs ------------------------------------------------------------------
 
 def test_run_returns_the_answer_and_sends_vars_and_params(client, api):
@@ -367,7 +538,8 @@ def test_run_verbose_returns_run_details(client, api):
     api.script("Paris is in France, says the atlas.")
     details = client.run("ask", "Where is Paris?", verbose=True)
     assert list(details) == ["answer", "prompt", "items", "model", "prompt_tokens",
-                             "completion_tokens", "served_from", "record"]
+                             "completion_tokens", "served_from", "record", "served_review"]
+    assert details["served_review"] is None
     assert details["answer"] == "Paris is in France, says the atlas."
     assert "Where is Paris?" in details["prompt"] and "(source: atlas.pdf, page: 3)" in \
         details["prompt"]
@@ -533,7 +705,9 @@ def test_result_set_copies_a_record_exactly(client, r, api):
 
 
 def test_result_set_with_a_vector_serves_a_close_question(client, api):
-    with_app(client, api)
+    # The scripted server's embeddings are hashes: the guard, which compares
+    # the questions' meaning, is off so that the vector alone decides.
+    with_app(client, api, review={"guard": False})
     now = int(time.time() * 1000)
     record = {"id": 1, "app": "app", "state": "done", "question": "Who wrote it?",
               "answer": "?", "created_at": now, "updated_at": now,
@@ -609,3 +783,105 @@ def test_every_command_has_a_method_that_routes_by_its_key(recorded, r, api):
         assert keys[0] == args[1], args
         named = [args[i + 1] for i, word in enumerate(args) if word in ("--LLM", "--VECTOR-STORE")]
         assert keys[1:] == named, args
+
+
+# ---- guarded reviews: --ALSO and --NEVER ------------------------------------------------
+
+def test_review_lists_are_kept_replaced_and_cleared_and_records_decode_them(client, api):
+    with_app(client, api)
+    client.run("app", "Who wrote redis-llm?")
+    unreviewed = client.result("app", 1)
+    assert (unreviewed["also"], unreviewed["never"], unreviewed["served_review"]) == ([], [], None)
+    assert client.review("app", 1, answer="sewenew", score=97,
+                         also=["Who is the author of redis-llm?", "Qui a écrit redis-llm ?"],
+                         never=["Who wrote redis-py?"]) is True
+    record = client.result("app", 1)
+    assert record["also"] == ["Who is the author of redis-llm?", "Qui a écrit redis-llm ?"]
+    assert record["never"] == ["Who wrote redis-py?"]
+    client.review("app", 1, answer="sewenew", score=98)               # None: both kept
+    assert (client.result("app", 1)["also"], client.result("app", 1)["never"]) == (
+        record["also"], record["never"])
+    client.review("app", 1, answer="sewenew", score=98, also=[b"Who made redis-llm?"])
+    record = client.result("app", 1)
+    assert (record["also"], record["never"]) == (["Who made redis-llm?"], ["Who wrote redis-py?"])
+    client.review("app", 1, answer="sewenew", score=98, never=[])     # []: cleared
+    record = client.result("app", 1)
+    assert (record["also"], record["never"]) == (["Who made redis-llm?"], [])
+    client.review("app", 1, answer="sewenew", score=98, also=[])
+    assert client.results("app", reviewed=True)[0]["also"] == []
+
+
+def test_review_sends_one_option_per_question_and_an_empty_list_as_one_empty_value(recorded,
+                                                                                      api):
+    client, recorder = recorded
+    with_app(client, api)
+    rid = client.record("app", question="q", answer="a")
+    recorder.commands.clear()
+    client.review("app", rid, answer="b", score=50, also=["q1", "q2"], never=[])
+    client.review("app", rid, answer="b", score=50)
+    assert recorder.commands == [
+        ("LLM.REVIEW", "app", rid, "--ANSWER", "b", "--SCORE", "50",
+         "--ALSO", "q1", "--ALSO", "q2", "--NEVER", ""),
+        ("LLM.REVIEW", "app", rid, "--ANSWER", "b", "--SCORE", "50")]
+
+
+@pytest.mark.parametrize("options, error, message", [
+    ({"also": "one question"}, TypeError, "also must be a list of questions"),
+    ({"never": b"one question"}, TypeError, "never must be a list of questions"),
+    ({"also": ["ok", 7]}, TypeError, "also questions must be strings"),
+    ({"also": ["ok", ""]}, ValueError, r"must not be empty \(give \[\] to clear"),
+    ({"never": ["  "]}, ValueError, "never questions must not be empty"),
+])
+def test_bad_review_lists_fail_before_anything_is_sent(recorded, options, error, message):
+    client, recorder = recorded
+    with pytest.raises(error, match=message):
+        client.review("app", 1, answer="a", score=97, **options)
+    assert recorder.commands == []
+
+
+def test_an_also_question_is_served_and_a_never_question_is_not(client, api):
+    with_app(client, api)
+    client.run("app", "Who wrote redis-llm?")
+    client.review("app", 1, answer="sewenew", score=97, also=["Who maintains redis-llm?"])
+    chats = len(api.chat_requests())
+    # Exact, ignoring case and punctuation.
+    details = client.run("app", "who maintains Redis-LLM", verbose=True)
+    assert (details["answer"], details["served_from"], details["served_review"]) == (
+        "sewenew", "review", 1)
+    assert len(api.chat_requests()) == chats
+    record = client.result("app", details["record"])
+    assert (record["served_from"], record["served_review"]) == ("review", 1)
+    assert client.run("app", "Who wrote redis-llm?", verbose=True)["served_review"] == 1
+    # A --NEVER question is never served, even one the review also lists.
+    client.review("app", 1, answer="sewenew", score=97, never=["Who maintains redis-llm?"])
+    details = client.run("app", "Who maintains redis-llm?", verbose=True)
+    assert (details["served_from"], details["served_review"]) == ("llm", None)
+    assert len(api.chat_requests()) == chats + 1
+    record = client.result("app", details["record"])
+    assert (record["served_from"], record["served_review"]) == ("llm", None)
+
+
+def test_review_list_errors_are_the_servers(client, api):
+    with_app(client, api)
+    client.run("app", "q")
+    too_many = [f"question {n}" for n in range(33)]
+    server_error(lambda: client.review("app", 1, answer="a", score=97, also=too_many),
+                 "at most 32")
+    server_error(lambda: client.review("app", 1, answer="a", score=97, also=too_many[:20],
+                                       never=too_many[20:]), "at most 32")
+    assert client.result("app", 1)["reviewed_score"] is None
+
+
+def test_result_set_copies_a_record_with_its_lists(client, r, api):
+    with_app(client, api)
+    with_app(client, api, key="copy")
+    client.run("app", "Who wrote redis-llm?")
+    client.review("app", 1, answer="sewenew", score=97, also=["Who made it?"], never=["Why?"])
+    client.run("app", "who made it")
+    assert client.result("app", 2)["served_review"] == 1
+    for rid in (1, 2):
+        assert client.result_set("copy", client.result("app", rid)) is True
+        assert r.execute_command("LLM.RESULT", "copy", rid) == \
+            r.execute_command("LLM.RESULT", "app", rid)
+    # The copy serves as the original does.
+    assert client.run("copy", "Who made it?", verbose=True)["served_review"] == 1

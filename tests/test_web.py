@@ -7,6 +7,7 @@ same pages in chromium.
 """
 
 import csv
+import html as html_module
 import io
 import json
 import re
@@ -672,3 +673,130 @@ def test_the_web_command_serves_the_desk(url, tenants):
         process.terminate()
         process.wait(10)
 
+
+
+# ---- guarded reviews: the question lists ------------------------------------------------
+
+def textarea(html: str, name: str) -> str:
+    """The text of a form's textarea, as the browser shows it."""
+    found = re.search(rf'<textarea name="{name}"[^>]*>([^<]*)</textarea>', html)
+    assert found, f"no textarea {name}"
+    return html_module.unescape(found.group(1))
+
+
+def listed(html: str, name: str) -> list[str]:
+    found = re.search(rf'<ul class="questions" id="reviewed-{name}">(.*?)</ul>', html, re.S)
+    return [html_module.unescape(text) for text in re.findall(r"<li>([^<]*)</li>", found.group(1))
+            ] if found else []
+
+
+def stored_lists(r, key, rid) -> tuple[list, list]:
+    stored = result(r, key, rid)
+    return tuple(json.loads(stored[name]) if stored[name] else [] for name in ("also", "never"))
+
+
+def test_the_review_forms_show_the_lists_prefilled_one_question_per_line(r, alice):
+    record(r, q="What voltage?")
+    r.execute_command("LLM.REVIEW", "a:ask", 1, "--ANSWER", "230 V", "--SCORE", 97,
+                      "--ALSO", "Which voltage does the pump need?", "--ALSO", "Mains voltage?",
+                      "--NEVER", "What voltage does the heater need?")
+    html = alice.get("/record?app=a:ask&id=1").data.decode()
+    assert textarea(html, "also") == "Which voltage does the pump need?\nMains voltage?"
+    assert textarea(html, "never") == "What voltage does the heater need?"
+    assert "Also answers these questions" in html and "Never serve it for" in html
+    assert listed(html, "also") == ["Which voltage does the pump need?", "Mains voltage?"]
+    assert listed(html, "never") == ["What voltage does the heater need?"]
+    # The queue: an unreviewed result has empty lists (and the page no list section).
+    record(r, q="Fresh question")
+    html = alice.get("/review?app=a:ask").data.decode()
+    assert 'id="record-id">2<' in html
+    assert textarea(html, "also") == "" and textarea(html, "never") == ""
+    assert 'id="guards"' not in html
+    data = alice.get("/record.json?app=a:ask&id=1").get_json()
+    assert data["also"] == ["Which voltage does the pump need?", "Mains voltage?"]
+    assert data["never"] == ["What voltage does the heater need?"] and data["served_review"] is None
+
+
+def test_a_review_from_the_queue_stores_the_lists(r, alice):
+    record(r)
+    response = alice.post("/review", data={
+        "csrf": csrf(alice), "app": "a:ask", "id": "1", "answer": "230 V AC", "score": "97",
+        "also": "What power does the pump need?\r\n\r\n  Pump voltage?  \r\n"
+                "What power does the pump need?\r\n",
+        "never": "How much power does the heater need?"})
+    assert response.status_code == 302
+    assert stored_lists(r, "a:ask", 1) == (["What power does the pump need?", "Pump voltage?"],
+                                           ["How much power does the heater need?"])
+
+
+def test_an_emptied_list_is_cleared_and_a_form_without_a_list_keeps_it(r, alice):
+    record(r)
+    r.execute_command("LLM.REVIEW", "a:ask", 1, "--ANSWER", "230 V", "--SCORE", 97,
+                      "--ALSO", "Pump voltage?", "--NEVER", "Heater voltage?")
+    response = alice.post("/review", data={"csrf": csrf(alice), "app": "a:ask", "id": "1",
+                                           "answer": "230 V", "score": "96", "also": " \r\n",
+                                           "back": "record"})
+    assert response.status_code == 302
+    assert stored_lists(r, "a:ask", 1) == ([], ["Heater voltage?"])
+    html = alice.get("/record?app=a:ask&id=1").data.decode()
+    assert textarea(html, "also") == "" and listed(html, "also") == []
+    assert listed(html, "never") == ["Heater voltage?"]
+
+
+@pytest.mark.parametrize("back", ["queue", "record"])
+def test_refused_reviews_keep_the_typed_lists_and_change_nothing(r, alice, back):
+    record(r)
+    before = result(r, "a:ask", 1)
+    typed = {"csrf": csrf(alice), "app": "a:ask", "id": "1", "answer": "typed answer",
+             "back": back, "also": "typed also 1\r\ntyped also 2", "never": "typed never"}
+    response = alice.post("/review", data={**typed, "score": "150"})
+    assert response.status_code == 400 and "must be from 0 to 100" in page_error(response)
+    html = response.data.decode()
+    assert textarea(html, "also").splitlines() == ["typed also 1", "typed also 2"]
+    assert textarea(html, "never") == "typed never"
+    many = "\n".join(f"question {n}" for n in range(30))
+    response = alice.post("/review", data={**typed, "score": "97", "also": many,
+                                           "never": "a\nb\nc"})
+    assert response.status_code == 400
+    assert page_error(response) == "Give at most 32 questions in both lists together."
+    assert textarea(response.data.decode(), "never") == "a\nb\nc"
+    assert result(r, "a:ask", 1) == before
+
+
+def test_the_server_refusing_a_review_keeps_the_typed_lists(r, alice):
+    # The server counts the kept list too: a form without the never field
+    # (one from an older page) keeps the stored 20, and 13 more are refused.
+    record(r)
+    never = [f"never {n}" for n in range(20)]
+    r.execute_command("LLM.REVIEW", "a:ask", 1, "--ANSWER", "a", "--SCORE", 97,
+                      *[arg for q in never for arg in ("--NEVER", q)])
+    before = result(r, "a:ask", 1)
+    also = "\n".join(f"also {n}" for n in range(13))
+    response = alice.post("/review", data={"csrf": csrf(alice), "app": "a:ask", "id": "1",
+                                           "answer": "kept", "score": "90", "back": "record",
+                                           "also": also})
+    assert response.status_code == 400 and "at most 32" in page_error(response)
+    assert page_error(response).startswith("ERR ")
+    html = response.data.decode()
+    assert textarea(html, "also") == also and textarea(html, "never").split("\n") == never
+    assert result(r, "a:ask", 1) == before
+
+
+def test_a_run_served_from_a_review_links_to_the_reviewed_record(r, alice, api):
+    api.script("It needs 230 V.")
+    r.execute_command("LLM.RUN", "a:ask", "How much power does the pump need?")
+    response = alice.post("/review", data={"csrf": csrf(alice), "app": "a:ask", "id": "1",
+                                           "answer": "230 V AC", "score": "97",
+                                           "also": "What voltage does the pump use?",
+                                           "never": ""})
+    assert response.status_code == 302
+    chats = len(api.chat_requests())
+    assert r.execute_command("LLM.RUN", "a:ask", "what voltage does the pump use") == b"230 V AC"
+    assert len(api.chat_requests()) == chats
+    html = alice.get("/record?app=a:ask&id=2").data.decode()
+    link = re.search(r'<a id="served-review" href="([^"]+)">the review of result 1</a>', html)
+    assert link and "from an expert review" in html
+    target = alice.get(html_module.unescape(link.group(1)))
+    assert target.status_code == 200 and 'id="record-id">1<' in target.data.decode()
+    # A run the model answered names no review.
+    assert 'id="served-review"' not in alice.get("/record?app=a:ask&id=1").data.decode()

@@ -827,3 +827,62 @@ def test_sign_out_ends_the_session_and_the_next_visit_goes_to_the_login_page(pag
     page.click("#login-submit")
     page.wait_for_url(re.compile(r"/results\?app=a(:|%3A)ask$"))
     expect(page.locator("tr[data-id]")).to_have_count(5)
+
+
+# ---- 9. guarded reviews: the question lists -----------------------------------------------
+
+def test_review_lists_are_given_in_the_queue_shown_on_the_record_and_served(page, api, desk):
+    signed_in(page, "alice")
+    page.goto("/review?app=a:ask")
+    expect(page.locator("#record-id")).to_have_text("5")
+    expect(page.locator("#review-also")).to_have_value("")
+    expect(page.locator("#review-never")).to_have_value("")
+    also = ["How do I descale my Aurora X2?", "What is the descaling procedure?"]
+    never = ["How do I descale the Aurora X3?", "How often should I descale?"]
+    page.fill("#review-score", "97")
+    # More than 32 questions: the page refuses to send the form.
+    sent = posts_to(page, "/review")
+    page.fill("#review-also", "\n".join(f"question {n}" for n in range(33)))
+    page.click("#review-submit")
+    assert page.eval_on_selector("#review-also", "e => e.validationMessage") == \
+        "Give at most 32 questions in both lists together (33 now)."
+    assert page.evaluate("() => document.readyState") == "complete" and sent == []
+    page.fill("#review-also", "\n".join(also))
+    page.fill("#review-never", "\n".join(never) + "\n")
+    shot(page, "review-lists")
+    with page.expect_navigation():
+        page.locator("#review-never").press("Control+Enter")
+    expect(page.locator(".flash.ok")).to_have_text("Reviewed result 5: 97, a known fact.")
+    rec = result(desk, "a:ask", 5)
+    assert (json.loads(rec["also"]), json.loads(rec["never"])) == (also, never)
+
+    # The record page shows both lists, and its form holds them, one per line.
+    page.goto("/record?app=a:ask&id=5")
+    expect(page.locator("#reviewed-also li")).to_have_text(also)
+    expect(page.locator("#reviewed-never li")).to_have_text(never)
+    expect(page.locator("#review-also")).to_have_value("\n".join(also))
+    expect(page.locator("#review-never")).to_have_value("\n".join(never))
+    shot(page, "record-lists")
+
+    # An --ALSO question asked is served the review, and its record links to it.
+    chats = len(api.chat_requests())
+    page.goto("/ask?app=a:ask")
+    page.check("#ask-sync")
+    page.fill("#ask-input", also[0])
+    with page.expect_navigation(url=re.compile(r"/record\?")):
+        page.click("#ask-submit")
+    expect(page.locator("#record-answer")).to_have_text(rec["reviewed_answer"])
+    assert len(api.chat_requests()) == chats
+    expect(page.locator("#record-served")).to_contain_text("from an expert review")
+    with page.expect_navigation():
+        page.click("#served-review")
+    expect(page.locator("#record-id")).to_have_text("5")
+
+    # Emptying a list on the record page clears it; the other is kept.
+    page.fill("#review-never", "")
+    with page.expect_navigation():
+        page.click("#review-submit")
+    expect(page.locator(".flash.ok")).to_contain_text("Reviewed result 5")
+    expect(page.locator("#reviewed-never")).to_have_count(0)
+    expect(page.locator("#reviewed-also li")).to_have_text(also)
+    assert json.loads(result(desk, "a:ask", 5)["never"] or "[]") == []

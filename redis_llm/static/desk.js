@@ -1,5 +1,6 @@
 // The review desk's only script: keyboard shortcuts, the score's band as it
-// is typed, a clear message for a bad score, and watching a running result.
+// is typed, a clear message for a bad score or too many questions, and
+// watching a running result.
 "use strict";
 
 document.addEventListener("keydown", (event) => {
@@ -44,6 +45,30 @@ if (score) {
     if (!checkScore(score)) {
       event.preventDefault();
       score.reportValidity();
+    }
+  });
+}
+
+// The question lists: at most MAX_QUESTIONS non-blank lines in both together,
+// as the server takes (it says so too, when the page's check is bypassed).
+const MAX_QUESTIONS = 32;
+const lists = ["review-also", "review-never"].map((id) => document.getElementById(id));
+
+function checkLists() {
+  const count = lists.reduce((sum, area) =>
+    sum + area.value.split("\n").filter((line) => line.trim() !== "").length, 0);
+  const message = count > MAX_QUESTIONS
+    ? `Give at most ${MAX_QUESTIONS} questions in both lists together (${count} now).` : "";
+  for (const area of lists) area.setCustomValidity(message);
+  return message === "";
+}
+
+if (lists.every((area) => area)) {
+  for (const area of lists) area.addEventListener("input", checkLists);
+  lists[0].form.addEventListener("submit", (event) => {
+    if (!checkLists()) {
+      event.preventDefault();
+      lists[0].reportValidity();
     }
   });
 }
