@@ -19,7 +19,8 @@ served only if it also passes ``mismatch``:
    qualifying name ("the Quillmere Hotel in Port Averick"), but when both
    name something the other does not ("the Corriwell Bridge" against "the
    Marrowgate Bridge"), they are about different things. Names are the
-   capitalised words mid-sentence and codes such as "XR-7",
+   capitalised words mid-sentence, codes such as "XR-7" and compounds such
+   as "redis-llm",
 4. they ask for the same kind of answer, when both say: a person ("who",
    "by whom"), a time ("when", "in which year"), a place, a quantity ("how
    many", "how long"), a colour, a reason, a manner,
@@ -193,6 +194,8 @@ def _name_like(token: str, sentence_start: bool) -> bool:
         return False
     if any(ch.isdigit() for ch in token) or (len(token) > 1 and token.isupper()):
         return True  # a code or an acronym: XR-7, NASA
+    if "-" in token.strip("-"):
+        return True  # a compound, often a product or project: redis-llm, redis-py
     if not token[0].isupper():
         return False
     return not sentence_start or token.casefold() not in _OPENERS

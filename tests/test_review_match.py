@@ -56,6 +56,7 @@ def test_same_questions_pass_the_text_checks(asked, reviewed):
     ("Where is the Trellis head office today?", "Where was the Trellis head office?", "present"),
     ("When was the Corriwell Bridge built?", "When was the Marrowgate Bridge in Dunhallow built?",
      "name"),
+    ("Who is the author of redis-py?", "who is the author of redis-llm?", "name"),
 ])
 def test_near_misses_fail_the_text_checks_with_a_reason(asked, reviewed, why):
     reason = mismatch(asked, reviewed)
