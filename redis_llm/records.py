@@ -92,6 +92,9 @@ class Records:
         # The reviewed records, by id: what runs match questions against,
         # without scanning every record under Redis' lock.
         self._reviewed: dict[int, dict] = {}
+        # Their questions as exact matching compares them (own, --ALSO,
+        # --NEVER), worked out once per review rather than once per run.
+        self._normalized: dict[int, tuple[list[str], set[str]]] = {}
         # Pending or running records, and those of them whose run is a job
         # of this process (never saved: after a restart, a failover or a
         # reload, no run is).
@@ -128,8 +131,12 @@ class Records:
         self.items[rid] = record
         if record.get("reviewed_score") is not None:
             self._reviewed[rid] = record
+            self._normalized[rid] = (
+                [normalize(q) for q in [record.get("question") or "", *(record.get("also") or ())]],
+                {normalize(q) for q in record.get("never") or ()})
         else:
             self._reviewed.pop(rid, None)
+            self._normalized.pop(rid, None)
         if record["state"] in ("pending", "running"):
             self._unfinished.add(rid)
         else:
@@ -144,6 +151,7 @@ class Records:
             self.vectors.pop(oldest, None)
             self.question_vectors.pop(oldest, None)
             self._reviewed.pop(oldest, None)
+            self._normalized.pop(oldest, None)
             self._unfinished.discard(oldest)
 
     def orphans(self) -> list[dict]:
@@ -202,12 +210,12 @@ class Records:
         for record in self.reviewed(low, high):
             rid = record["id"]
             never = record.get("never") or ()
-            if any(normalize(text) == asked for text in never):
+            own_normalized, never_normalized = self._normalized[rid]
+            if asked in never_normalized:
                 continue
             own = [record.get("question") or "", *(record.get("also") or ())]
-            exact = next((text for text in own if normalize(text) == asked), None)
-            if exact is not None:
-                found.append(Candidate(record, exact, 0.0, True))
+            if asked in own_normalized:
+                found.append(Candidate(record, own[own_normalized.index(asked)], 0.0, True))
                 continue
             if vector is None or not _same_model(record.get("embed_model"), embed_model):
                 continue
