@@ -625,6 +625,12 @@ def _load(path: str, n_ctx: int, n_threads: int, embedding: bool, pooling: str) 
     with _loading:
         model = _loaded.get(key)
         if model is None:
+            # llama.cpp's OpenMP threads spin between calls by default: inside
+            # redis-server they take the cores from Redis' own thread, and on a
+            # busy 2-core machine an embedding took 170 ms to 1.3 s instead of
+            # 11-30 ms. Read once, when the OpenMP runtime loads with llama_cpp;
+            # a value set in the server's environment wins.
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             import llama_cpp
 
             options = {"n_ctx": n_ctx, "verbose": False}
