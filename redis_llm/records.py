@@ -35,7 +35,7 @@ DEFAULT_LIMIT = 10000
 # new one; guard: whether such a match must also pass review_match.mismatch,
 # whose embedding check needs guard_similarity. BENCHMARKS.md, "Answer
 # quality", has the measurements these defaults come from.
-DEFAULT_REVIEW = {"serve_score": 95, "context_score": 80, "distance": 0.4, "guard": True,
+DEFAULT_REVIEW = {"serve_score": 95, "context_score": 80, "distance": 0.1, "guard": True,
                   "guard_similarity": 0.6}
 _REVIEW_RANGES = {"serve_score": 100, "context_score": 100, "distance": 2.0, "guard_similarity": 1.0}
 MAX_GUARD_QUESTIONS = 32  # --ALSO and --NEVER questions of one review, together

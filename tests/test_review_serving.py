@@ -20,6 +20,9 @@ from test_durability import restart, wait_aof_rewrite_done, wait_replica_synced
 FACTS = json.loads((Path(__file__).parent.parent / "bench" / "data" /
                     "answer_facts.json").read_text())[:8]
 REVIEWED, UNREVIEWED = FACTS[:4], FACTS[4:]
+# Paraphrases of REVIEWED served at the default distance, 0.1: BENCHMARKS.md
+# has the whole set (38%); fewer means the embedder or the guard regressed.
+PARAPHRASES_AT_DEFAULT = 4
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -84,9 +87,7 @@ def test_reviewed_questions_serve_repeats_and_paraphrases_and_nothing_else(r, ap
         wrong += [(question, got) for question in probes
                   if (got := served(run(r, "facts", question))) is not None]
     assert wrong == []
-    # On this slice the local default serves 7 of the 8 paraphrases (BENCHMARKS.md
-    # has the whole set); fewer means the embedder or the guard regressed.
-    assert paraphrases_served >= 6
+    assert paraphrases_served >= PARAPHRASES_AT_DEFAULT
 
 
 def test_the_guard_refuses_near_misses_that_the_distance_alone_would_serve(r, api):
@@ -124,7 +125,7 @@ def test_also_questions_are_served_as_if_asked_and_never_questions_are_refused(r
 
 
 def test_a_question_closer_to_a_never_question_than_to_the_review_is_refused(r, api):
-    make_app(r, api)
+    make_app(r, api, review={"distance": 0.4})  # wide enough to serve the paraphrase
     fact = REVIEWED[0]
     paraphrase = fact["paraphrases"][0]
     rid = review_facts(r, "facts", [fact])[fact["id"]]
