@@ -632,7 +632,9 @@ def _find_reviews(locked, app: App, question: str, vector, embedder, low: float,
     found = locked(lambda ctx: app.records.candidates(question, vector, model, low, high))
     settings = app.records.review
     out = []
-    for candidate in found:
+    # Each guard check may embed: a question close to many reviews checks
+    # the nearest few, not all of them.
+    for candidate in found[:_MAX_GUARD_CHECKS]:
         if not candidate.exact and settings["guard"]:
             try:
                 refused = review_match.mismatch(question, candidate.question, embedder.embed,
@@ -645,6 +647,9 @@ def _find_reviews(locked, app: App, question: str, vector, embedder, low: float,
         if first:
             break
     return out
+
+
+_MAX_GUARD_CHECKS = 8
 
 
 def _served(record: dict, prompt: str, question: str, vector, embedder) -> _Outcome:
