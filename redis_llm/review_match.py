@@ -141,7 +141,7 @@ def normalize(text: str) -> str:
 
 
 def terms(text: str) -> Terms:
-    """The numbers, negation and names of ``text``."""
+    """The key terms of ``text`` the guard compares (see Terms)."""
     tokens = _TOKEN.findall(text.replace("\u2019", "'"))
     words, numbers, names, ordinals, poles, measures = set(), set(), [], set(), set(), set()
     negated = False
@@ -157,20 +157,21 @@ def terms(text: str) -> Terms:
         words.add(word)
         if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
             words.add(word[:-1])  # "tubas" names the Tuba Company too
+        ordinal = _ORDINAL_SUFFIX.match(word)
         if _NUMBER.match(word):
             numbers.add(word.replace(",", ""))
-        elif word in _ORDINALS or _ORDINAL_SUFFIX.match(word):
-            ordinals.add(_ORDINALS.get(word) or "#" + _ORDINAL_SUFFIX.match(word).group(1))
-            continue
+        elif word in _NUMBER_WORDS:
+            numbers.add(_NUMBER_WORDS[word])
+        elif word in _ORDINALS or ordinal:
+            ordinals.add(_ORDINALS.get(word) or "#" + ordinal.group(1))
         if word in _POLES:
             poles.add(_POLES[word])
         if word in _MEASURES:
             measures.add(_MEASURES[word])
-        elif word in _NUMBER_WORDS:
-            numbers.add(_NUMBER_WORDS[word])
         if word in _NEGATIONS or word.endswith("n't"):
             negated = True
-        if _name_like(token, start):
+        counting = ordinal or word in _ORDINALS or word in _NUMBER_WORDS
+        if not counting and _name_like(token, start):
             names.append(word)
         start = False
     return Terms(frozenset(words), frozenset(numbers), negated, tuple(names), kind,

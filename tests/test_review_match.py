@@ -72,6 +72,10 @@ def test_names_at_the_start_of_a_question_count_but_question_words_do_not():
 
 def test_number_words_and_digits_agree():
     assert terms("Twelve sailors and 1,200 crates").numbers == {"12", "1200"}
+    # A capitalised number or ordinal is counted, not taken for a name.
+    assert terms("Twelve sailors and 1,200 crates").names == ()
+    assert terms("First, who built Orsk?").names == ("orsk",)
+    assert terms("Who was the 2nd mayor?").ordinals == {"#2"}
 
 
 def test_masking_replaces_each_run_of_shared_names_once():
