@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from redis_llm import command_info, keys, metrics, pool, review_match
+from redis_llm.embedding_source import Declared, Embedder, check_model
 from redis_llm.apps import (
     App,
     chat_log_command,
@@ -23,7 +24,6 @@ from redis_llm.apps import (
 )
 from redis_llm.errors import LLMError
 from redis_llm.parsing import (
-    MAX_MODEL_NAME_BYTES,
     Args,
     Option,
     Syntax,
@@ -57,7 +57,7 @@ from redis_llm.records import reply as record_reply
 from redis_llm.providers import TYPES as LLM_TYPES
 from redis_llm.providers import Completion
 from redis_llm.providers import LLMModel
-from redis_llm.store import StoreParams, VectorStore, valid_model_name
+from redis_llm.store import StoreParams, VectorStore
 
 # Context flags: a command replayed from the AOF or sent by a master; where
 # a client cannot be blocked (Lua, MULTI, deny-blocking).
@@ -224,11 +224,11 @@ def _store(ctx: int, key: bytes) -> VectorStore:
 
 def _add_item(ctx: int, store: VectorStore, args: Args, vector, source=None) -> int:
     """Add the item of ``args`` with ``vector`` and replicate it. ``source``
-    (an _Embedder, a _Declared or None) names the model that made ``vector``."""
+    (an Embedder, a Declared or None) names the model that made ``vector``."""
     model = source.model if source is not None else None
     if store.other_model(model) is not None:
         if not _trusted(ctx):
-            _check_model(store, args.key, source)
+            check_model(store, args.key, source)
         # A replica or a replay takes what its master took; the store keeps its model.
         model = None
     item_id = args.id if args.id is not None else store.peek_id()
@@ -282,7 +282,7 @@ def knn(ctx: int, args: Args):
     if store is None or not len(store):
         return []
     if vector is not None:
-        _check_model(store, args.key, _declared(args))
+        check_model(store, args.key, _declared(args))
         return _knn_reply(store, args, vector)
     embedder = _embedder(ctx, store, args.key, None, "query")
     text = _text(args.query)
@@ -294,7 +294,7 @@ def knn(ctx: int, args: Args):
             store = keys.read(ctx, args.key, VectorStore)
             if store is None or not len(store):
                 return []
-            _check_model(store, args.key, embedder)     # the store may have changed meanwhile
+            check_model(store, args.key, embedder)     # the store may have changed meanwhile
             return _knn_reply(store, args, vector)
         return locked(search)
     pool.workers.run(ctx, job, args.timeout)
@@ -318,7 +318,7 @@ def _given_vector(args: Args):
 
 
 def _embedder(ctx: int, store: VectorStore, owner: bytes, app_llm: bytes | None, what: str,
-              store_key: bytes | None = None) -> "_Embedder":
+              store_key: bytes | None = None) -> Embedder:
     """What embeds text for ``store``: the store's own LLM, else the app's, so
     that queries and items share one embedding space. ``owner`` is the key of
     the store or app the command named; ``store_key`` the store's (default:
@@ -326,64 +326,19 @@ def _embedder(ctx: int, store: VectorStore, owner: bytes, app_llm: bytes | None,
     llm = store.llm if store.llm is not None else app_llm
     if llm is None:
         raise LLMError(f"no --EMBEDDING given and the vector store has no LLM to embed the {what}")
-    embedder = _Embedder(keys.read_referenced(ctx, llm, LLMModel, "an LLM", owner).provider(), llm)
-    _check_model(store, owner if store_key is None else store_key, embedder)
+    embedder = Embedder(keys.read_referenced(ctx, llm, LLMModel, "an LLM", owner).provider(), llm)
+    check_model(store, owner if store_key is None else store_key, embedder)
     return embedder
 
 
-class _Embedder:
-    """An LLM's provider embedding text for a vector store, and the name of its
-    embedding model (``model``, None when the LLM names none), which the
-    store's vectors must share."""
-
-    def __init__(self, provider, llm: bytes):
-        self.provider = provider
-        self.llm = llm
-        name = provider.embedding_model
-        if name and not valid_model_name(name):
-            raise LLMError(f"the LLM at key {shown(llm)} names an embedding model of more than "
-                           f"{MAX_MODEL_NAME_BYTES} bytes")
-        self.model = name or None
-
-    @property
-    def embedding_model(self) -> str:
-        return self.provider.embedding_model
-
-    def embed(self, texts: list[str]) -> list:
-        return self.provider.embed(texts)
-
-    def describe(self) -> str:
-        return f"the LLM at key {shown(self.llm)} embeds with {self.model!r}"
-
-
-@dataclass(frozen=True)
-class _Declared:
-    """The model a client says its --EMBEDDING or --EMBEDDING-BLOB came from."""
-
-    model: str
-
-    def describe(self) -> str:
-        return f"the embedding given is of model {self.model!r}"
-
-
-def _declared(args: Args) -> _Declared | None:
-    return None if args.embedding_model is None else _Declared(args.embedding_model)
+def _declared(args: Args) -> Declared | None:
+    return None if args.embedding_model is None else Declared(args.embedding_model)
 
 
 def _no_declared_model(args: Args) -> None:
     if args.embedding_model is not None:
         raise LLMError("option --EMBEDDING-MODEL names the model of --EMBEDDING or --EMBEDDING-BLOB; "
                        "text is embedded by the store's LLM")
-
-
-def _check_model(store: VectorStore, key: bytes, source) -> None:
-    """Refuse a vector that ``source`` (an _Embedder, a _Declared or None) made
-    with another model than the one whose embeddings the store at ``key``
-    holds: distances between them mean nothing."""
-    recorded = store.other_model(source.model if source is not None else None)
-    if recorded is not None:
-        raise LLMError(f"the vector store at key {shown(key)} holds embeddings of model "
-                       f"{recorded!r}; {source.describe()}")
 
 
 def _text(data: bytes) -> str:
@@ -756,7 +711,7 @@ def _nearest(ctx: int, store_key: bytes, vector, k: int, where: dict | None, emb
     store = keys.read_referenced(ctx, store_key, VectorStore, "a vector store")
     if not len(store):
         return []
-    _check_model(store, store_key, embedder)
+    check_model(store, store_key, embedder)
     out = []
     for item_id, distance in store.knn(vector, k, where=where):
         data, meta = store.item(item_id)

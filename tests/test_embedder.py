@@ -333,19 +333,12 @@ def test_params_of_the_embedding(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """This module's server (conftest's ``r`` flushes and checks it), saving
+    RDB files uncompressed."""
     srv = RedisServer(tmp_path_factory.mktemp("embedder"), config={"rdbcompression": "no"}).start()
     yield srv
+    assert "Traceback" not in srv.log
     srv.stop()
-
-
-@pytest.fixture
-def r(server):
-    client = server.client()
-    client.flushall()
-    yield client
-    assert server.alive(), f"redis-server died:\n{server.log[-3000:]}"
-    assert "Traceback" not in server.log
-    client.close()
 
 
 def vector_of(r, key, item_id) -> np.ndarray:
