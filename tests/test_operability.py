@@ -203,6 +203,13 @@ def test_command_docs_arguments_follow_the_syntax(server):
     assert names[-2:] == ["end-of-options", "input"] and run["end-of-options"]["token"] == "--"
     review = {arg["name"]: arg for arg in command_docs(server, "llm.review")["arguments"]}
     assert review["score"]["type"] == "double" and review["id"]["type"] == "integer"
+    # --ALSO and --NEVER may be given several times, each with its token.
+    for name in ("also", "never"):
+        assert review[name]["token"] == f"--{name.upper()}"
+        assert sorted(review[name]["flags"]) == ["multiple_token", "optional"], review[name]
+    assert "multiple_token" not in review["notes"]["flags"]
+    add = {arg["name"]: arg for arg in command_docs(server, "llm.add")["arguments"]}
+    assert add["embedding-model"]["token"] == "--EMBEDDING-MODEL"
 
 
 # ---- SLOWLOG and LATENCY --------------------------------------------------------
